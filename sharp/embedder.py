@@ -1,0 +1,175 @@
+"""`RoPEEmbedder`: a drop-in replacement for ComfyUI's Flux `EmbedND` with per-step resolution promotion.
+
+The output layout is EmbedND's: [B, 1, L, sum(axes_dim)/2, 2, 2] float32, each trailing block
+[[cos, -sin], [sin, cos]] of the angle pos * f_j, axes concatenated along dim -3. The angles are
+formed in float64 and rounded once to float32, as ComfyUI's `rope` does, so method `base` is
+bit-identical to stock RoPE.
+
+Speed: the embedding is separable per axis, so trigonometry runs on the distinct positions of each
+axis (h + w values for an image, not h * w tokens) and the token table is a gather. Outputs are
+cached per ids until the time changes, so the cond and uncond calls of one step (and any repeated
+call) cost one comparison of the ids.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from sharp import rope
+
+# Devices without float64 kernels: build the (small) trig tables on the CPU, gather on the device.
+_NO_FLOAT64_DEVICES = frozenset({"mps", "xpu", "privateuseone"})
+
+_CACHE_SIZE = 2  # one step's cond and uncond calls
+
+
+class RoPEEmbedder(nn.Module):
+    """Flux-style multi-axis RoPE with SHARP (or a baseline) applied per spatial axis.
+
+    theta, axes_dim: as the model's own embedder (Flux.1: 10000, (16, 56, 56)).
+    method: one of `sharp.rope.METHODS`.
+    base_len: L0, positions per axis at the training resolution (64 = 1024 px / 16); a number for
+        every spatial axis or one per spatial axis.
+    spatial_axes: indices of the axes that are promoted; default every axis but 0 (the image index).
+    extent_mode: how the extent L of an axis is read from the ids of the generated image's tokens
+        (image index 0): "max" -> max + 1 (Flux: positions start at 0); "span" -> max - min + 1
+        (models whose positions are centred on the image). Reference images (index != 0) do not count.
+    params: fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, mscale_coeff, dype_exponent).
+
+    Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
+    [0, 1] are clamped). Before the first `set_time`, t = 1.
+    """
+
+    def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
+                 base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
+                 extent_mode: str = "max", **params):
+        super().__init__()
+        self.theta = float(theta)
+        if not math.isfinite(self.theta) or self.theta <= 1.0:
+            raise ValueError(f"RoPE theta must be a finite number > 1, got {theta!r}")
+        self.axes_dim = tuple(rope.check_axis_dim(d) for d in axes_dim)
+        if not self.axes_dim:
+            raise ValueError("axes_dim must name at least one axis")
+        self.dim = sum(self.axes_dim)
+        self.method = rope.check_method(method)
+        self.params = rope.RoPEParams.from_kwargs(**params)
+        n_axes = len(self.axes_dim)
+        self.spatial_axes = tuple(range(1, n_axes)) if spatial_axes is None else tuple(int(a) for a in spatial_axes)
+        if any(not 0 <= a < n_axes for a in self.spatial_axes):
+            raise ValueError(f"spatial_axes {self.spatial_axes} must index the {n_axes} axes of axes_dim")
+        self.base_len = _per_axis(base_len, self.spatial_axes)
+        if extent_mode not in ("max", "span"):
+            raise ValueError(f"extent_mode must be 'max' or 'span', got {extent_mode!r}")
+        self.extent_mode = extent_mode
+        self.t = 1.0
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def extra_repr(self) -> str:
+        return (f"theta={self.theta:g}, axes_dim={self.axes_dim}, method={self.method!r}, "
+                f"base_len={self.base_len}, t={self.t:.4f}")
+
+    def set_time(self, t: float) -> None:
+        """Set the normalised noise level for the next calls; clamped to [0, 1]; NaN/inf rejected."""
+        t = rope.check_time(t)
+        if t != self.t:
+            self._cache.clear()
+        self.t = t
+
+    # -- per-axis quantities ---------------------------------------------------------------
+
+    def axis_extents(self, ids: torch.Tensor) -> dict[int, float]:
+        """Extent L (in positions) of each spatial axis, read from the generated image's tokens."""
+        own = ids[..., 0] == 0  # [B, L]: tokens of the generated image (and text tokens, all at 0)
+        if not bool(own.any()):
+            return {a: 0.0 for a in self.spatial_axes}
+        pos = ids[own][:, list(self.spatial_axes)].to(torch.float64)  # [N, n_spatial]
+        hi = pos.max(dim=0).values
+        extent = hi + 1 if self.extent_mode == "max" else hi - pos.min(dim=0).values + 1
+        return dict(zip(self.spatial_axes, extent.tolist()))
+
+    def axis_scales(self, ids: torch.Tensor) -> dict[int, float]:
+        """s = L / L0 per spatial axis."""
+        return {a: L / self.base_len[a] for a, L in self.axis_extents(ids).items()}
+
+    def frequencies(self, axis: int, scale: float) -> torch.Tensor:
+        """f_j of one axis at the current time, float64 [D/2] (stock for non-spatial axes)."""
+        if axis not in self.spatial_axes:
+            scale, base_len = 1.0, 1.0
+        else:
+            base_len = self.base_len[axis]
+        return _cached_frequencies(self.axes_dim[axis], self.theta, scale, self.t, self.method, base_len, self.params)
+
+    def mscale(self, axis: int, scale: float) -> float:
+        if axis not in self.spatial_axes:
+            return 1.0
+        return rope._axis_mscale(scale, self.method, self.params)
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, L, n_axes] -> rotation blocks [B, 1, L, sum(axes_dim)/2, 2, 2] float32 on ids' device."""
+        self._check_ids(ids)
+        for cached_ids, out in self._cache:
+            if cached_ids.shape == ids.shape and cached_ids.device == ids.device and torch.equal(cached_ids, ids):
+                return out
+        out = self._embed(ids)
+        self._cache = [(ids.detach().clone(), out)] + self._cache[: _CACHE_SIZE - 1]
+        return out
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = ids.detach().to(torch.float32)  # as ComfyUI's rope: positions rounded to float32 first
+        scales = self.axis_scales(pos)
+        table_device = torch.device("cpu") if pos.device.type in _NO_FLOAT64_DEVICES else pos.device
+        blocks = []
+        for axis in range(len(self.axes_dim)):
+            scale = scales.get(axis, 1.0)
+            # separable: trig on the U distinct positions of this axis, then gather per token
+            values, index = torch.unique(pos[..., axis], return_inverse=True)  # [U], [B, L]
+            table = rotation_blocks(values.to(table_device), self.frequencies(axis, scale).to(table_device),
+                                    self.mscale(axis, scale))  # [U, D/2, 2, 2]
+            blocks.append(table.to(pos.device)[index])  # [B, L, D/2, 2, 2]
+        return torch.cat(blocks, dim=-3).unsqueeze(1)
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor):
+            raise ValueError(f"ids must be a torch.Tensor [B, L, {len(self.axes_dim)}], got {type(ids).__name__}")
+        if ids.ndim != 3:
+            raise ValueError(f"ids must have rank 3 [B, L, n_axes], got shape {tuple(ids.shape)}")
+        if ids.shape[-1] != len(self.axes_dim):
+            raise ValueError(f"ids have {ids.shape[-1]} axes but axes_dim {self.axes_dim} names "
+                             f"{len(self.axes_dim)}; build the embedder from the model's own axes_dim")
+
+
+def rotation_blocks(positions: torch.Tensor, freqs: torch.Tensor, mscale: float = 1.0) -> torch.Tensor:
+    """positions [U] (any float), freqs float64 [D/2] -> float32 [U, D/2, 2, 2] of
+    mscale * [[cos, -sin], [sin, cos]] of the float64 angle pos * f_j."""
+    angle = positions.to(torch.float64)[:, None] * freqs[None, :]  # [U, D/2]
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    blocks = torch.stack([cos, -sin, sin, cos], dim=-1)  # [U, D/2, 4]
+    if mscale != 1.0:
+        blocks = blocks * mscale
+    return blocks.view(*angle.shape, 2, 2).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_frequencies(dim: int, theta: float, scale: float, t: float, method: str, base_len: float,
+                        params: rope.RoPEParams) -> torch.Tensor:
+    return rope._axis_frequencies(dim, theta, scale, t, method, base_len, params)
+
+
+def _per_axis(value, axes: tuple[int, ...]) -> dict[int, float]:
+    values = list(value) if isinstance(value, Sequence) else [value] * len(axes)
+    if len(values) != len(axes):
+        raise ValueError(f"base_len needs one value per spatial axis {axes}, got {value!r}")
+    out = {}
+    for axis, v in zip(axes, values):
+        v = float(v)
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"base_len must be positive (positions at the training resolution, e.g. 64 "
+                             f"for 1024 px), got {value!r}")
+        out[axis] = v
+    return out
