@@ -1,0 +1,187 @@
+"""A small, project-owned stand-in for the part of ComfyUI's ModelPatcher that SHARP uses.
+
+Written for these tests from ComfyUI's documented behaviour (no ComfyUI code): `clone()` shares the
+model and copies object patches and wrappers; object patches are applied while sampling and
+reverted after; `APPLY_MODEL` wrappers are composable and called as
+`fn(executor, x, sigma, *args, **kwargs)` and must call `executor(...)`; OUTER_SAMPLE wrappers as
+`fn(executor, noise, latent_image, sampler, sigmas, ...)`.
+
+The stock embedder here is an independent re-derivation of ComfyUI's Flux `EmbedND` layout
+([B, 1, L, sum(axes)/2, 2, 2], blocks [[cos, -sin], [sin, cos]], angles in float64).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+APPLY_MODEL = "apply_model"
+OUTER_SAMPLE = "outer_sample"
+
+
+def stock_rope(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
+    scale = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    omega = 1.0 / (theta ** scale)
+    out = pos.to(torch.float64).unsqueeze(-1) * omega  # [B, L, dim/2]
+    blocks = torch.stack([torch.cos(out), -torch.sin(out), torch.sin(out), torch.cos(out)], dim=-1)
+    return blocks.reshape(*out.shape, 2, 2).float()
+
+
+class FakeEmbedND(torch.nn.Module):
+    def __init__(self, theta=10000, axes_dim=(16, 56, 56)):
+        super().__init__()
+        self.theta = theta
+        self.axes_dim = list(axes_dim)
+        self.dim = sum(axes_dim)
+
+    def forward(self, ids):
+        emb = torch.cat([stock_rope(ids[..., i], self.axes_dim[i], self.theta) for i in range(ids.shape[-1])],
+                        dim=-3)
+        return emb.unsqueeze(1)
+
+
+def image_ids(h_tokens: int, w_tokens: int, txt_tokens: int = 4, batch: int = 1) -> torch.Tensor:
+    """Flux ids: text tokens at 0, image tokens (index 0, row, column)."""
+    img = torch.zeros(h_tokens, w_tokens, 3)
+    img[..., 1] = torch.arange(h_tokens, dtype=torch.float32).unsqueeze(1)
+    img[..., 2] = torch.arange(w_tokens, dtype=torch.float32).unsqueeze(0)
+    ids = torch.cat([torch.zeros(txt_tokens, 3), img.reshape(-1, 3)], dim=0)
+    return ids.unsqueeze(0).repeat(batch, 1, 1)
+
+
+class FakeFlux(torch.nn.Module):
+    """Diffusion model: returns the positional embedding it computed (so tests see the RoPE output)."""
+
+    def __init__(self, theta=10000, axes_dim=(16, 56, 56)):
+        super().__init__()
+        self.pe_embedder = FakeEmbedND(theta, axes_dim)
+
+    def forward(self, x, timestep, **kwargs):
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2  # latent px -> tokens (2x2 patches)
+        return self.pe_embedder(image_ids(h, w, batch=x.shape[0]))
+
+
+class ModelSamplingFlux:
+    """Name-alike of ComfyUI's Flux schedule (the patch checks the class name)."""
+
+    def __init__(self, shift=1.15, sigma_max=1.0):
+        self.shift = shift
+        self.sigma_max = torch.tensor(sigma_max)
+
+
+class OtherSampling:
+    sigma_max = torch.tensor(14.6)
+
+
+class FakeUNet(torch.nn.Module):
+    """Diffusion model of another family: no pe_embedder."""
+
+    def forward(self, x, timestep, **kwargs):
+        return x
+
+
+class FakeBaseModel:
+    def __init__(self, diffusion_model, model_sampling):
+        self.diffusion_model = diffusion_model
+        self.model_sampling = model_sampling
+
+    def apply_model(self, x, t, transformer_options):
+        wrappers = [w for ws in transformer_options.get("wrappers", {}).get(APPLY_MODEL, {}).values() for w in ws]
+        return Executor(lambda x, t: self.diffusion_model(x, t), self, wrappers)(x, t)
+
+
+class Executor:
+    """Calls the wrappers in order, then the original (ComfyUI's WrapperExecutor semantics)."""
+
+    def __init__(self, original, class_obj, wrappers, idx=0):
+        self.original, self.class_obj, self.wrappers, self.idx = original, class_obj, list(wrappers), idx
+
+    def __call__(self, *args, **kwargs):
+        if self.idx == len(self.wrappers):
+            return self.original(*args, **kwargs)
+        nxt = Executor(self.original, self.class_obj, self.wrappers, self.idx + 1)
+        return self.wrappers[self.idx](nxt, *args, **kwargs)
+
+
+def _get_attr(obj, path):
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _set_attr(obj, path, value):
+    *head, last = path.split(".")
+    for name in head:
+        obj = getattr(obj, name)
+    setattr(obj, last, value)
+
+
+class FakeModelPatcher:
+    def __init__(self, model):
+        self.model = model
+        self.object_patches = {}
+        self.wrappers = {}
+        self.model_options = {"transformer_options": {}}
+        self.parent = None
+
+    def clone(self):
+        n = FakeModelPatcher(self.model)
+        n.object_patches = self.object_patches.copy()
+        n.wrappers = {k: {k1: list(w1) for k1, w1 in w.items()} for k, w in self.wrappers.items()}
+        n.parent = self
+        return n
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def get_model_object(self, name):
+        if name in self.object_patches:
+            return self.object_patches[name]
+        return _get_attr(self.model, name)
+
+    def add_wrapper_with_key(self, wrapper_type, key, wrapper):
+        self.wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)
+
+    def remove_wrappers_with_key(self, wrapper_type, key):
+        self.wrappers.get(wrapper_type, {}).pop(key, None)
+
+    def get_wrappers(self, wrapper_type, key):
+        return self.wrappers.get(wrapper_type, {}).get(key, [])
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sample(self, latent: torch.Tensor, sigmas: torch.Tensor) -> list[torch.Tensor]:
+        """Apply object patches, run the OUTER_SAMPLE wrappers around a loop that calls the model at
+        every sigma but the last (as samplers do), revert the patches. Returns the model outputs."""
+        backup = {name: _get_attr(self.model, name) for name in self.object_patches}
+        for name, obj in self.object_patches.items():
+            _set_attr(self.model, name, obj)
+        opts = {"wrappers": self.wrappers}
+        outputs = []
+
+        def loop(noise, latent_image, sampler, sigmas, *args, **kwargs):
+            self.used_sigmas = sigmas
+            for s in sigmas[:-1]:
+                sigma = torch.full((latent_image.shape[0],), float(s))
+                outputs.append(self.model.apply_model(latent_image, sigma, opts))
+            return outputs
+
+        try:
+            outer = [w for ws in self.wrappers.get(OUTER_SAMPLE, {}).values() for w in ws]
+            Executor(loop, self, outer)(torch.zeros_like(latent), latent, None, sigmas)
+        finally:
+            for name, obj in backup.items():
+                _set_attr(self.model, name, obj)
+        return outputs
+
+
+def flux_patcher(theta=10000, axes_dim=(16, 56, 56), sigma_max=1.0) -> FakeModelPatcher:
+    return FakeModelPatcher(FakeBaseModel(FakeFlux(theta, axes_dim), ModelSamplingFlux(sigma_max=sigma_max)))
+
+
+def flux_sigmas(steps: int, mu: float = 1.15) -> torch.Tensor:
+    """Independent Flux schedule for the fake: t linear 1 -> 0, sigma = e^mu / (e^mu + 1/t - 1)."""
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    out = torch.zeros_like(t)
+    nz = t > 0
+    out[nz] = math.exp(mu) / (math.exp(mu) + 1 / t[nz] - 1)
+    return out.float()
