@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Module names in this package, in the order `--help` lists them.
-COMMANDS = ("schedule", "spectrum")
+COMMANDS = ("schedule", "spectrum", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,52 @@
+"""`python -m sharp spectrum`: high-frequency energy of images, and their spectra plotted together."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sharp import spectrum
+
+
+def register(sub) -> None:
+    p = sub.add_parser("spectrum", help="HF energy ratio per image and their radial power spectra",
+                       description="Print the share of spectral energy above a cutoff (fraction of Nyquist) "
+                                   "for each image, and optionally plot the radially averaged power spectra "
+                                   "together.")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files (PNG, JPEG, TIFF, ...)")
+    p.add_argument("--cutoff", type=float, default=0.5, help="HF cutoff as a fraction of Nyquist (default: 0.5)")
+    p.add_argument("--plot", metavar="OUT.png", help="write the spectra figure here")
+    p.set_defaults(func=run)
+
+
+def load_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image file PIL can read") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    images = [load_image(p) for p in tqdm(args.images, desc="loading", disable=len(args.images) < 4)]
+    names = [Path(p).name for p in args.images]
+    if len(set(names)) < len(names):  # same file name in several folders: show the paths
+        names = list(args.images)
+    width = max(len(n) for n in names)
+    print(f"{'image':<{width}}  {'size':>11}  HF ratio (> {args.cutoff:g} Nyquist)")
+    for name, image in tqdm(list(zip(names, images)), desc="spectra", disable=len(images) < 4):
+        ratio = spectrum.hf_energy_ratio(image, args.cutoff)
+        size = f"{image.shape[1]}x{image.shape[0]}"
+        tqdm.write(f"{name:<{width}}  {size:>11}  {ratio:.6f}")
+    if args.plot:
+        from sharp.plots import plot_spectra, save_figure
+
+        save_figure(plot_spectra(images, names, args.cutoff), args.plot)
+        print(f"wrote {args.plot}")
+    return 0
