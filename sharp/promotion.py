@@ -28,7 +28,7 @@ import torch
 
 import sharp
 from sharp.rope import METHODS
-from sharp.schedule import FLUX_SHIFT_MU
+from sharp.schedule import FLUX_SHIFT_MU, flux_resolution_mu
 
 PATCH_KEY = "sharp"
 """Key of our wrappers (ComfyUI's `add_wrapper_with_key`)."""
@@ -52,10 +52,6 @@ LATENT_PX = 8
 
 PATCH_PX = 16
 """Image pixels per token / RoPE position (VAE 8x, patchify 2x2)."""
-
-# ComfyUI's ModelSamplingFlux node: mu grows linearly with the token count, 256 -> 0.5, 4096 -> 1.15.
-RESOLUTION_BASE_SHIFT = 0.5
-RESOLUTION_MAX_SHIFT = 1.15
 
 
 class UnsupportedModelError(ValueError):
@@ -128,14 +124,6 @@ def normalised_time(sigma, sigma_max) -> float:
     return min(max(s / smax, 0.0), 1.0)
 
 
-def resolution_mu(width: int, height: int, base_shift: float = RESOLUTION_BASE_SHIFT,
-                  max_shift: float = RESOLUTION_MAX_SHIFT) -> float:
-    """ComfyUI's ModelSamplingFlux shift for an image of width x height pixels (linear in tokens)."""
-    tokens = width * height / (PATCH_PX * PATCH_PX)
-    slope = (max_shift - base_shift) / (4096 - 256)
-    return base_shift + slope * (tokens - 256)
-
-
 def reshift_sigmas(sigmas: torch.Tensor, mu_from: float, mu_to: float) -> torch.Tensor:
     """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time.
 
@@ -189,7 +177,7 @@ class ResolutionShift:
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
         width, height = latent_size_px(latent_image, kwargs.get("latent_shapes"))
-        sigmas = reshift_sigmas(sigmas, self.mu_from, resolution_mu(width, height))
+        sigmas = reshift_sigmas(sigmas, self.mu_from, flux_resolution_mu(width, height))
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
     def __deepcopy__(self, memo):

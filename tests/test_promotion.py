@@ -165,11 +165,6 @@ def test_reshift_sigmas_keeps_underlying_time():
     assert out[0] == 1.0 and out[-1] == 0.0
 
 
-def test_resolution_mu_matches_comfyui_endpoints():
-    assert P.resolution_mu(256, 256) == pytest.approx(0.5)
-    assert P.resolution_mu(1024, 1024) == pytest.approx(1.15)
-
-
 def test_normalised_time_checks():
     assert P.normalised_time(torch.tensor([0.3, 0.3]), torch.tensor(0.6)) == pytest.approx(0.5)
     assert P.normalised_time(2.0, 1.0) == 1.0

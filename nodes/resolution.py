@@ -1,0 +1,105 @@
+"""Node "SHARP Resolution Promotion": MODEL -> MODEL with SHARP's per-step RoPE (logic: sharp.promotion)."""
+from __future__ import annotations
+
+import comfy.model_sampling
+import comfy.patcher_extension
+from comfy_api.latest import io
+
+from sharp import promotion
+from sharp.schedule import FLUX_SHIFT_MU
+
+from ._compat import advanced
+
+
+def _flux_sampling_factory(model):
+    """New Flux noise schedules for `model` (as ComfyUI's ModelSamplingFlux node builds them)."""
+
+    class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
+        pass
+
+    def make(mu: float):
+        sampling = ModelSamplingAdvanced(model.model.model_config)
+        sampling.set_parameters(shift=mu)
+        return sampling
+
+    return make
+
+
+class ResolutionPromotion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        adv = advanced()
+        return io.Schema(
+            node_id="SHARPResolutionPromotion",
+            display_name="SHARP Resolution Promotion",
+            category="SHARP/model patches",
+            description=(
+                "Generate above the training resolution with a Flux-family model: replaces the model's "
+                "RoPE with SHARP's per-step promoted frequencies (or a baseline). The image size is read "
+                "from the latent at run time, so one node serves every size. Returns a patched copy; "
+                "the input model is not changed."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="A Flux-family model (Flux.1 dev/schnell/Krea/Kontext/Fill, Chroma, RS-FLUX)."),
+                io.Combo.Input(
+                    "method", options=list(promotion.METHOD_CHOICES), default="sharp",
+                    tooltip=(
+                        "sharp: per-step YaRN that relaxes toward stock RoPE as noise falls (recommended). "
+                        "dype: Dy-YaRN. yarn: static YaRN. dy-ntk: dynamic NTK. ntk, pi: static scaling. "
+                        "base: stock RoPE (no change, for comparisons)."
+                    ),
+                ),
+                io.Int.Input(
+                    "base_resolution", default=1024, min=256, max=4096, step=16,
+                    tooltip="Training resolution of the model in pixels (Flux.1 and RS-FLUX: 1024). Axes at or "
+                            "below it are left exactly as stock RoPE.",
+                ),
+                io.Float.Input(
+                    "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
+                    tooltip="SHARP decay strength: kappa(t) = t / (alpha_s - (alpha_s - 1) t). 1 = linear in the "
+                            "noise level; larger = returns to stock frequencies earlier. Only used by 'sharp'.",
+                ),
+                io.Combo.Input(
+                    "noise_shift", options=list(promotion.NOISE_SHIFTS), default="sharp",
+                    tooltip=(
+                        f"sharp: Flux's noise shift fixed at mu = {FLUX_SHIFT_MU} at every size (as the SHARP "
+                        "authors sample). resolution: ComfyUI's width/height-dependent Flux shift, size read "
+                        "from the latent. keep: leave the model's schedule (e.g. from ModelSamplingFlux) alone."
+                    ),
+                ),
+                io.Float.Input(
+                    "beta_lo", default=1.25, min=0.01, max=128.0, step=0.01,
+                    tooltip="YaRN stage-1 rotation count r_lo (PI <-> NTK blend). Paper default 1.25.", **adv,
+                ),
+                io.Float.Input(
+                    "beta_hi", default=0.75, min=0.01, max=128.0, step=0.01,
+                    tooltip="YaRN stage-1 rotation count r_hi. Paper default 0.75.", **adv,
+                ),
+                io.Float.Input(
+                    "gamma_lo", default=16.0, min=0.01, max=1024.0, step=0.1,
+                    tooltip="YaRN stage-2 rotation count r_lo (blend back to stock RoPE for fast dims). Default 16.",
+                    **adv,
+                ),
+                io.Float.Input(
+                    "gamma_hi", default=2.0, min=0.01, max=1024.0, step=0.1,
+                    tooltip="YaRN stage-2 rotation count r_hi. Default 2.", **adv,
+                ),
+                io.Boolean.Input(
+                    "mscale", default=True,
+                    tooltip="Attention temperature 1 + 0.1 ln(s) on promoted axes (yarn, dype, sharp only).", **adv,
+                ),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, method="sharp", base_resolution=1024, alpha_s=4.0, noise_shift="sharp",
+                beta_lo=1.25, beta_hi=0.75, gamma_lo=16.0, gamma_hi=2.0, mscale=True) -> io.NodeOutput:
+        patched = promotion.promote(
+            model, method=method, base_resolution=base_resolution, alpha_s=alpha_s,
+            beta=(beta_lo, beta_hi), gamma=(gamma_lo, gamma_hi), mscale=mscale, noise_shift=noise_shift,
+            apply_model_wrapper=comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+            outer_sample_wrapper=comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
+            make_flux_sampling=_flux_sampling_factory(model),
+        )
+        return io.NodeOutput(patched)

@@ -1,0 +1,44 @@
+"""Node "SHARP Schedule Preview": what the patch does per step at a size, as an IMAGE (heatmap)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from sharp import plots, promotion, schedule
+
+from .spectrum import figure_to_image
+
+
+class SchedulePreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SHARPSchedulePreview",
+            display_name="SHARP Schedule Preview",
+            category="SHARP/analysis",
+            description=(
+                "Heatmap of the RoPE frequencies (f_j / stock f_j) per sampling step for each image axis, with "
+                "t and kappa per step: what 'SHARP Resolution Promotion' will do at this size "
+                "(the `python -m sharp schedule` figure)."
+            ),
+            inputs=[
+                io.Int.Input("width", default=2048, min=64, max=16384, step=16, tooltip="Image width in pixels."),
+                io.Int.Input("height", default=2048, min=64, max=16384, step=16, tooltip="Image height in pixels."),
+                io.Combo.Input("method", options=list(promotion.METHOD_CHOICES), default="sharp",
+                               tooltip="RoPE method, as in SHARP Resolution Promotion."),
+                io.Int.Input("steps", default=28, min=1, max=200,
+                             tooltip="Sampling steps of the Flux schedule (mu 1.15) shown."),
+                io.Int.Input("base_resolution", default=1024, min=256, max=4096, step=16,
+                             tooltip="Training resolution in pixels (Flux.1 / RS-FLUX: 1024)."),
+                io.Float.Input("alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
+                               tooltip="SHARP decay strength (only used by 'sharp')."),
+            ],
+            outputs=[io.Image.Output(display_name="heatmap", tooltip="The schedule figure.")],
+        )
+
+    @classmethod
+    def execute(cls, width, height, method="sharp", steps=28, base_resolution=1024, alpha_s=4.0) -> io.NodeOutput:
+        promotion.check_choice("method", method, promotion.METHOD_CHOICES)
+        base = promotion.check_base_resolution(base_resolution)
+        sched = schedule.rope_schedule(int(width), int(height), method=method, steps=int(steps),
+                                       base_len=base // promotion.PATCH_PX, alpha_s=float(alpha_s))
+        return io.NodeOutput(figure_to_image(plots.plot_schedule(sched)))
