@@ -1,0 +1,193 @@
+"""Training loop for DS-DiT (rectified flow, Ref dropout, EMA, validation, resumable).
+
+Files written for `out = ckpt.safetensors`:
+  ckpt.safetensors             EMA weights + config: the deliverable, loadable by load_dsdit
+  ckpt.safetensors.state.safetensors   raw weights, EMA, optimizer moments, RNG state
+  ckpt.safetensors.state.json          step, arguments, loss/validation history
+Re-running with the same `out` resumes from the state files (pass resume=False to restart).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import save_checkpoint
+from .config import PRESETS, DSDiTConfig
+from .data import RefSRDataset, TripletFolder, upsample
+from .flow import euler_sample, flow_loss
+from .model import DSDiT
+from .registration import register_reference
+from .space import WorkingSpace
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [0, 1], after 8-bit quantisation."""
+    a, b = (a * 255).round(), (b * 255).round()
+    mse = float(torch.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def load_validation(root, n: int, crop: int, scale: int) -> list[dict]:
+    """Centre crops (side `crop`) of the first n triplets of one folder, Ref registered."""
+    folder = TripletFolder(root)
+    items = []
+    for i in range(min(n, len(folder))):
+        hr, lr, ref = folder.load(i)
+        up = upsample(lr, hr.shape[-2:])
+        ref, _ = register_reference(ref, up, scale)
+        h, w = hr.shape[-2:]
+        y, x = (h - crop) // 2 // scale * scale, (w - crop) // 2 // scale * scale
+        items.append({k: v[:, :, y:y + crop, x:x + crop] for k, v in
+                      (("hr", hr), ("up", up), ("ref", ref))})
+    return items
+
+
+@torch.no_grad()
+def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0) -> dict:
+    """Mean PSNR of bicubic, weak (no Ref) and Ref samples on validation crops."""
+    space = WorkingSpace(model.cfg)
+    out = {"bicubic": [], "weak": [], "ref": []}
+    for it in items:
+        up_z = space.encode(it["up"])
+        ref_z = space.encode(it["ref"])
+        g = torch.Generator().manual_seed(seed)
+        x0 = torch.randn(up_z.shape, generator=g)
+        out["bicubic"].append(psnr(it["up"], it["hr"]))
+        for name, ref in (("weak", None), ("ref", ref_z)):
+            x1 = euler_sample(model, x0, up_z, ref, steps=steps)
+            out[name].append(psnr(space.decode(space.untarget(x1, up_z)), it["hr"]))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def _save_state(out: Path, model, ema, opt, generator, info: dict) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for key, val in st.items():
+            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val).contiguous()
+    tensors["rng"] = generator.get_state()
+    save_file(tensors, str(out) + ".state.safetensors.tmp")
+    Path(str(out) + ".state.safetensors.tmp").replace(str(out) + ".state.safetensors")
+    info = dict(info, param_groups=osd["param_groups"])
+    tmp = Path(str(out) + ".state.json.tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(str(out) + ".state.json")
+
+
+def _load_state(out: Path, model, ema, opt, generator) -> dict:
+    tensors = load_file(str(out) + ".state.safetensors")
+    info = json.loads(Path(str(out) + ".state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    generator.set_state(tensors["rng"])
+    return info
+
+
+def lr_at(step: int, steps: int, base: float, warmup: int = 200) -> float:
+    """Linear warm-up then cosine decay to 10% of the base learning rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val: Optional[str] = None,
+          steps: int = 10000, batch: int = 8, crop: int = 64, lr: float = 2e-3,
+          ref_drop: float = 0.2, synthetic_ref_prob: float = 0.5, ema_decay: float = 0.999,
+          val_every: int = 1000, val_count: int = 4, val_crop: int = 192, save_every: int = 500,
+          max_minutes: float = 0.0, seed: int = 0, resume: bool = True,
+          log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict."""
+    from tqdm import tqdm
+
+    cfg = PRESETS[config] if isinstance(config, str) else config
+    if cfg.space != "pixel":
+        raise ValueError("train-refsr trains pixel-space models; latent models need a VAE "
+                         "and a GPU (see docs/dsdit.md)")
+    out = Path(out)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = DSDiT(cfg)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    info = {"step": 0, "history": [], "args": {
+        "data": [str(d) for d in data], "config": cfg.to_json(), "steps": steps, "batch": batch,
+        "crop": crop, "lr": lr, "ref_drop": ref_drop, "synthetic_ref_prob": synthetic_ref_prob,
+        "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None}}
+    if resume and Path(str(out) + ".state.json").is_file():
+        prev = _load_state(out, model, ema, opt, generator)
+        if prev["args"]["config"] != cfg.to_json():
+            raise ValueError(f"{out}.state.json was trained with a different config; "
+                             "use another --out or --no-resume")
+        info.update(step=prev["step"], history=prev["history"])
+        log(f"resumed from step {info['step']}")
+    dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob)
+    log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} params")
+    val_items = load_validation(val, val_count, val_crop, cfg.scale) if val else []
+    space = WorkingSpace(cfg)
+    t_start, losses = time.time(), []
+    bar = tqdm(total=steps, initial=info["step"], disable=not progress, desc="train-refsr")
+
+    def checkpoint():
+        summary = {"step": info["step"], "last_val": next((h for h in reversed(info["history"])
+                                                          if "val" in h), None)}
+        save_checkpoint(out, ema, extra={"training": summary})
+        _save_state(out, model, ema, opt, generator, info)
+
+    model.train()
+    while info["step"] < steps:
+        step = info["step"]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr)
+        b = dataset.batch(batch, generator)
+        up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
+        x1 = space.target(space.encode(b["hr"]), up_z)
+        ref_on = torch.rand(batch, generator=generator) >= ref_drop
+        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        losses.append(float(loss.detach()))
+        info["step"] = step + 1
+        bar.update(1)
+        if info["step"] % 50 == 0:
+            rec = {"step": info["step"], "loss": float(np.mean(losses)),
+                   "minutes": (time.time() - t_start) / 60}
+            losses = []
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if val_items and (info["step"] % val_every == 0 or info["step"] == steps):
+                rec["val"] = validate(ema, val_items)
+                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in rec["val"].items()))
+            info["history"].append(rec)
+        if info["step"] % save_every == 0:
+            checkpoint()
+        if max_minutes and time.time() - t_start > 60 * max_minutes:
+            log(f"time limit of {max_minutes} min reached at step {info['step']}")
+            break
+    bar.close()
+    if val_items and info["history"] and "val" not in info["history"][-1]:
+        info["history"].append({"step": info["step"], "val": validate(ema, val_items)})
+        log(f"final val PSNR {info['history'][-1]['val']}")
+    checkpoint()
+    return info
