@@ -89,14 +89,15 @@ class LoadRSFlux(io.ComfyNode):
             raise ValueError(f"{parts['transformer']}: ComfyUI did not recognise the converted weights as a Flux model")
 
         clip = None
-        if parts["text_encoder"] and parts["text_encoder_2"]:
-            clip_l = diffusers_flux.load_component(parts["text_encoder"], diffusers_flux.TEXT_ENCODER_STEM)
-            t5 = diffusers_flux.load_component(parts["text_encoder_2"], diffusers_flux.TEXT_ENCODER_STEM)
+        encoders = [parts[k] for k in ("text_encoder", "text_encoder_2") if parts[k]]
+        if encoders:
+            state_dicts = [diffusers_flux.load_component(d, diffusers_flux.TEXT_ENCODER_STEM) for d in encoders]
+            clip_type = comfy.sd.CLIPType.FLUX if len(state_dicts) == 2 else comfy.sd.CLIPType.STABLE_DIFFUSION
             clip = comfy.sd.load_text_encoder_state_dicts(
-                state_dicts=[clip_l, t5], embedding_directory=folder_paths.get_folder_paths("embeddings"),
-                clip_type=comfy.sd.CLIPType.FLUX,
+                state_dicts=state_dicts, embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                clip_type=clip_type,
             )
-            del clip_l, t5
+            del state_dicts
 
         vae = None
         if parts["vae"]:
