@@ -83,12 +83,12 @@ class RoPEEmbedder(nn.Module):
 
     def axis_extents(self, ids: torch.Tensor) -> dict[int, float]:
         """Extent L (in positions) of each spatial axis, read from the generated image's tokens."""
-        own = ids[..., 0] == 0  # [B, L]: tokens of the generated image (and text tokens, all at 0)
+        own = (ids[..., 0] == 0)[..., None]  # [B, L, 1]: the generated image's (and text) tokens
         if not bool(own.any()):
             return {a: 0.0 for a in self.spatial_axes}
-        pos = ids[own][:, list(self.spatial_axes)].to(torch.float64)  # [N, n_spatial]
-        hi = pos.max(dim=0).values
-        extent = hi + 1 if self.extent_mode == "max" else hi - pos.min(dim=0).values + 1
+        pos = ids[..., list(self.spatial_axes)].to(torch.float64)  # [B, L, n_spatial]
+        hi = torch.where(own, pos, -math.inf).amax(dim=(0, 1))
+        extent = hi + 1 if self.extent_mode == "max" else hi - torch.where(own, pos, math.inf).amin(dim=(0, 1)) + 1
         return dict(zip(self.spatial_axes, extent.tolist()))
 
     def axis_scales(self, ids: torch.Tensor) -> dict[int, float]:
@@ -124,15 +124,17 @@ class RoPEEmbedder(nn.Module):
         pos = ids.detach().to(torch.float32)  # as ComfyUI's rope: positions rounded to float32 first
         scales = self.axis_scales(pos)
         table_device = torch.device("cpu") if pos.device.type in _NO_FLOAT64_DEVICES else pos.device
-        blocks = []
-        for axis in range(len(self.axes_dim)):
+        out = torch.empty(*pos.shape[:2], self.dim // 2, 2, 2, dtype=torch.float32, device=pos.device)
+        start = 0
+        for axis, dim in enumerate(self.axes_dim):
             scale = scales.get(axis, 1.0)
-            # separable: trig on the U distinct positions of this axis, then gather per token
-            values, index = torch.unique(pos[..., axis], return_inverse=True)  # [U], [B, L]
+            # separable: trig on the U distinct positions of this axis, then a gather per token
+            values, index = distinct_positions(pos[..., axis])  # [U], [B, L]
             table = rotation_blocks(values.to(table_device), self.frequencies(axis, scale).to(table_device),
                                     self.mscale(axis, scale))  # [U, D/2, 2, 2]
-            blocks.append(table.to(pos.device)[index])  # [B, L, D/2, 2, 2]
-        return torch.cat(blocks, dim=-3).unsqueeze(1)
+            out[:, :, start:start + dim // 2] = table.to(pos.device)[index]
+            start += dim // 2
+        return out.unsqueeze(1)  # [B, 1, L, sum(D)/2, 2, 2]
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):
@@ -142,6 +144,20 @@ class RoPEEmbedder(nn.Module):
         if ids.shape[-1] != len(self.axes_dim):
             raise ValueError(f"ids have {ids.shape[-1]} axes but axes_dim {self.axes_dim} names "
                              f"{len(self.axes_dim)}; build the embedder from the model's own axes_dim")
+
+
+def distinct_positions(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """pos [B, L] float32 -> (values [U], index [B, L]) with values[index] == pos.
+
+    Positions on an integer grid (every Flux-family model without fractional RoPE scaling) take the
+    fast path: values = lo..hi, index = pos - lo, no sort. Anything else goes through torch.unique.
+    """
+    lo, hi = pos.amin(), pos.amax()
+    span = float(hi - lo) + 1
+    if span <= 4 * pos.shape[-1] + 1024 and torch.equal(pos, pos.round()):
+        values = torch.arange(int(lo), int(hi) + 1, device=pos.device, dtype=torch.float32)
+        return values, (pos - lo).long()
+    return torch.unique(pos, return_inverse=True)
 
 
 def rotation_blocks(positions: torch.Tensor, freqs: torch.Tensor, mscale: float = 1.0) -> torch.Tensor:

@@ -247,3 +247,25 @@ def test_bad_inputs_have_clear_errors():
         sharp.RoPEEmbedder(base_len=0)
     with pytest.raises(ValueError, match="scale"):
         axis_frequencies(56, 1e4, float("nan"), 0.5)
+
+
+def test_distinct_positions_reconstructs_every_position():
+    from sharp.embedder import distinct_positions
+
+    grid = flux_ids(30, 20, txt=5)[..., 1]
+    frac = grid * 0.37
+    for pos in (grid, frac, torch.cat([grid, grid + 900.0], 1)):
+        values, index = distinct_positions(pos)
+        assert torch.equal(values[index], pos)
+
+
+def test_peak_memory_tracker_sees_allocations():
+    from sharp.profiling import PeakMemory
+
+    with PeakMemory() as m:
+        a = torch.ones(1 << 18)  # 1 MiB
+        b = a * 2  # another 1 MiB while a is alive
+        del a, b
+        c = torch.zeros(1 << 16)
+    assert m.peak_bytes == 2 << 20
+    assert m.current_bytes == c.untyped_storage().nbytes()
