@@ -29,7 +29,7 @@ class SpectrumAnalysis(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="Images to compare (a batch; all rows are analysed)."),
                 io.String.Input(
-                    "labels", default="", multiline=False, optional=True,
+                    "labels", default="", multiline=False,
                     tooltip="One label per image, separated by commas (e.g. 'base, yarn, dype, sharp'). "
                             "Missing labels are numbered.",
                 ),
