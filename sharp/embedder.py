@@ -38,6 +38,8 @@ class RoPEEmbedder(nn.Module):
     extent_mode: how the extent L of an axis is read from the ids of the generated image's tokens
         (image index 0): "max" -> max + 1 (Flux: positions start at 0); "span" -> max - min + 1
         (models whose positions are centred on the image). Reference images (index != 0) do not count.
+    index_axis: the axis whose value 0 marks the generated image's tokens (Flux: 0, the image index);
+        None when every token counts (models without an image-index axis).
     params: fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, mscale_coeff, dype_exponent).
 
     Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
@@ -46,7 +48,7 @@ class RoPEEmbedder(nn.Module):
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
                  base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 extent_mode: str = "max", **params):
+                 extent_mode: str = "max", index_axis: int | None = 0, **params):
         super().__init__()
         self.theta = float(theta)
         if not math.isfinite(self.theta) or self.theta <= 1.0:
@@ -65,6 +67,10 @@ class RoPEEmbedder(nn.Module):
         if extent_mode not in ("max", "span"):
             raise ValueError(f"extent_mode must be 'max' or 'span', got {extent_mode!r}")
         self.extent_mode = extent_mode
+        if index_axis is not None and not 0 <= index_axis < n_axes:
+            raise ValueError(f"index_axis {index_axis} must index the {n_axes} axes of axes_dim (or be None)")
+        self.index_axis = index_axis
+        self._extents: dict[int, float] | None = None
         self.t = 1.0
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -79,11 +85,29 @@ class RoPEEmbedder(nn.Module):
             self._cache.clear()
         self.t = t
 
+    def set_extents(self, extents: dict[int, float] | None) -> None:
+        """Fix the extent L of each spatial axis (e.g. from the latent size) instead of reading it from
+        the ids: for models that embed text and image tokens in separate calls. None: read from ids."""
+        if extents is not None:
+            extents = {int(a): float(L) for a, L in extents.items()}
+            if set(extents) != set(self.spatial_axes) or not all(L > 0 and math.isfinite(L) for L in extents.values()):
+                raise ValueError(f"extents must give a positive length for each spatial axis {self.spatial_axes}, "
+                                 f"got {extents}")
+        if extents != self._extents:
+            self._cache.clear()
+        self._extents = extents
+
     # -- per-axis quantities ---------------------------------------------------------------
 
     def axis_extents(self, ids: torch.Tensor) -> dict[int, float]:
-        """Extent L (in positions) of each spatial axis, read from the generated image's tokens."""
-        own = (ids[..., 0] == 0)[..., None]  # [B, L, 1]: the generated image's (and text) tokens
+        """Extent L (in positions) of each spatial axis: as set by `set_extents`, else read from the
+        generated image's tokens in the ids."""
+        if self._extents is not None:
+            return dict(self._extents)
+        if self.index_axis is None:
+            own = torch.ones_like(ids[..., :1], dtype=torch.bool)  # [B, L, 1]: every token counts
+        else:
+            own = (ids[..., self.index_axis] == 0)[..., None]  # [B, L, 1]: generated image (and text) tokens
         if not bool(own.any()):
             return {a: 0.0 for a in self.spatial_axes}
         pos = ids[..., list(self.spatial_axes)].to(torch.float64)  # [B, L, n_spatial]

@@ -269,3 +269,18 @@ def test_peak_memory_tracker_sees_allocations():
         c = torch.zeros(1 << 16)
     assert m.peak_bytes == 2 << 20
     assert m.current_bytes == c.untyped_storage().nbytes()
+
+
+def test_index_axis_none_counts_every_token_and_extents_can_be_fixed():
+    ids = flux_ids(128, 64, txt=4)[..., 1:]  # two axes, no image index (HunyuanImage 2.1 style)
+    emb = sharp.RoPEEmbedder(256.0, (64, 64), spatial_axes=(0, 1), index_axis=None)
+    assert emb.axis_scales(ids) == {0: 2.0, 1: 1.0}
+    emb.set_extents({0: 64, 1: 256})
+    assert emb.axis_scales(ids) == {0: 1.0, 1: 4.0}
+    fixed = emb(ids)
+    assert not torch.equal(fixed[..., 32:, :, :], stock_embed_nd(ids, (64, 64), 256.0)[..., 32:, :, :])
+    assert torch.equal(fixed[..., :32, :, :], stock_embed_nd(ids, (64, 64), 256.0)[..., :32, :, :])
+    emb.set_extents(None)
+    assert emb.axis_scales(ids) == {0: 2.0, 1: 1.0}
+    with pytest.raises(ValueError, match="each spatial axis"):
+        emb.set_extents({0: 64})
