@@ -1,0 +1,159 @@
+"""The RoPE DiT families SHARP can promote: one row each, detected from the loaded model.
+
+Adding a family is one `Family(...)` row in FAMILIES. Facts are read from ComfyUI's source
+(v0.14.1 unless a row says otherwise); each row names the files it comes from.
+
+A row says where the model keeps its positional embedder, its RoPE constants, which axes are
+spatial, how the generated image's tokens are told apart in the ids, how the extent is read, and
+the training grid. Our replacement embedder keeps the EmbedND output layout
+[B, 1, L, sum(axes_dim)/2, 2, 2], so any transpose a family applies to the embedder output (Z-Image
+and Lumina2 call `.movedim(1, 2)` on it) still happens in the model's own code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sharp import rope
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    classes: tuple            # class names of ComfyUI's diffusion_model for this family
+    embedder_attr: str        # attribute of diffusion_model holding the multi-axis RoPE embedder
+    axes_dim: tuple
+    theta: float
+    spatial_axes: tuple       # axes promoted by SHARP (height, width)
+    index_axis: int | None    # axis whose value 0 marks the generated image's tokens; None = all tokens
+    extent_mode: str          # "max": positions start at 0; "span": positions centred on the image
+    extent_source: str        # "ids": read from the ids; "latent": set from the latent size each step
+    base_resolution: int      # training resolution in px (the base grid)
+    px_per_token: int         # image px per RoPE position (VAE downscale x patch size)
+    comfyui: str              # oldest ComfyUI we verified has this family (of the two we test: 0.3.64, 0.14.1)
+    source: str               # where the facts come from
+    txt_ids_dims: tuple | None = None  # diffusion_model.params.txt_ids_dims that tells Flux-class models apart
+
+    @property
+    def base_len(self) -> float:
+        """L0: positions along a side at the training resolution."""
+        return self.base_resolution / self.px_per_token
+
+    def embedder_kwargs(self) -> dict:
+        """The `sharp.RoPEEmbedder` arguments this family needs besides method and params."""
+        return dict(theta=self.theta, axes_dim=self.axes_dim, base_len=self.base_len,
+                    spatial_axes=self.spatial_axes, extent_mode=self.extent_mode, index_axis=self.index_axis)
+
+    def latent_extents(self, latent_h: int, latent_w: int, latent_px: int) -> dict[int, float]:
+        """Extent per spatial axis from a latent of latent_h x latent_w (latent_px image px per latent px),
+        as the family's patchify pads it (ceil)."""
+        per_token = self.px_per_token // latent_px
+        h, w = -(-latent_h // per_token), -(-latent_w // per_token)
+        return dict(zip(self.spatial_axes, (float(h), float(w))))
+
+
+FAMILIES = (
+    Family("Flux.1", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
+           "comfy/ldm/flux/model.py Flux.process_img: ids (index, row, col), text all 0; "
+           "model_detection.py: axes [16,56,56], theta 10000, patch 2 on the /8 VAE latent. "
+           "Covers dev, schnell, Krea, Fill, Kontext (reference images: index >= 1).", ()),
+    Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.14.1",
+           "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1 on "
+           "the /16 latent, txt_ids_dims [3] (text positions on axis 3 only), references at index 10, 20...",
+           (3,)),
+    Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "latent", 1024, 16,
+           "0.14.1",
+           "model_detection.py (yak_mlp + txt_norm): txt_ids_dims [1, 2], text positions lie on the spatial "
+           "axes, so the extent comes from the latent, not from max(ids).", (1, 2)),
+    Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
+           "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; ids as Flux.process_img."),
+    Family("Chroma Radiance", ("ChromaRadiance",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids",
+           1024, 16, "0.3.64",
+           "comfy/ldm/chroma_radiance/model.py: pixel space, patch 16 px; embedder and ids as Chroma."),
+    Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
+           "ids", 1328, 16, "0.3.64",
+           "comfy/ldm/qwen_image/model.py process_img: positions centred (- h_len // 2); text ids at "
+           "txt_start + k on all three axes (index axis != 0, so they do not count); trained at 1328 px."),
+    Family("Z-Image", ("NextDiT",), "rope_embedder", (32, 48, 48), 256.0, (1, 2), None, "max", "latent", 1024, 16,
+           "0.14.1",
+           "comfy/ldm/lumina/model.py NextDiT: caption and image ids embedded in separate calls; image "
+           "axis 0 = caption length + 1; output .movedim(1, 2) by the model. model_detection.py: axes_dims "
+           "[32,48,48], rope_theta 256."),
+    Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
+           "0.3.64",
+           "comfy/ldm/lumina/model.py NextDiT as Z-Image; model_detection.py: axes_dims [32,32,32], "
+           "rope_theta 10000."),
+    Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), None, "max", "ids", 2048,
+           32, "0.3.64",
+           "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text all 0; model_detection.py: "
+           "2-D patch -> axes [64, 64], theta 256; 32x VAE, patch 1; trained at 2048 px."),
+)
+
+NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "
+                      "there is nothing to promote.")
+
+
+class UnsupportedModelError(ValueError):
+    """No family row matches the model."""
+
+
+def supported_families_text() -> str:
+    return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
+
+
+def find_embedder(diffusion_model) -> tuple[str, object]:
+    """(attribute name, embedder) of the first known RoPE embedder attribute on the model."""
+    for attr in dict.fromkeys(f.embedder_attr for f in FAMILIES):
+        emb = getattr(diffusion_model, attr, None)
+        if emb is not None:
+            return attr, emb
+    return "", None
+
+
+def detect_family(diffusion_model, override: str | None = None) -> Family:
+    """The family row of a loaded ComfyUI diffusion_model, from its class, embedder attribute and the
+    embedder's theta / axes_dim. `override` (a family name) skips detection but is still checked
+    against the embedder's constants."""
+    cls = type(diffusion_model).__name__
+    attr, emb = find_embedder(diffusion_model)
+    if emb is None:
+        raise UnsupportedModelError(
+            f"{cls} has no multi-axis RoPE embedder (looked for {sorted({f.embedder_attr for f in FAMILIES})}). "
+            f"{NOT_SUPPORTED_HINT} Supported: {supported_families_text()}.")
+    theta = float(getattr(emb, "theta", float("nan")))
+    axes = tuple(int(d) for d in getattr(emb, "axes_dim", ()))
+    if override:
+        matches = [f for f in FAMILIES if f.name == override]
+        if not matches:
+            raise UnsupportedModelError(f"unknown family override {override!r}; choose one of "
+                                        f"{[f.name for f in FAMILIES]} or leave it on auto")
+        family = matches[0]
+        if family.embedder_attr != attr or family.axes_dim != axes:
+            raise UnsupportedModelError(
+                f"family override {override!r} expects {family.embedder_attr} with axes_dim {family.axes_dim}, "
+                f"but this {cls} has {attr} with axes_dim {axes}")
+        return family
+    txt_dims = getattr(getattr(diffusion_model, "params", None), "txt_ids_dims", None)
+    txt_dims = tuple(txt_dims) if txt_dims is not None else ()
+    for family in FAMILIES:
+        if (cls in family.classes and attr == family.embedder_attr and axes == family.axes_dim
+                and theta == family.theta and family.txt_ids_dims in (None, txt_dims)):
+            return family
+    # Same constants under an unknown class (a subclass or fork): match on the embedder alone.
+    by_constants = [f for f in FAMILIES if attr == f.embedder_attr and axes == f.axes_dim and theta == f.theta
+                    and f.txt_ids_dims in (None, txt_dims)]
+    if len(by_constants) == 1:
+        return by_constants[0]
+    raise UnsupportedModelError(
+        f"{cls} has a RoPE embedder ({attr}, theta {theta:g}, axes_dim {axes}) that matches no known family. "
+        f"Supported: {supported_families_text()}. If it is one of these with other constants, pick it with the "
+        "family override input.")
+
+
+def build_embedder(family: Family, method: str = "sharp", base_resolution: int | None = None, **params):
+    """A `sharp.RoPEEmbedder` for this family (base_resolution overrides the family's training grid)."""
+    from sharp.embedder import RoPEEmbedder
+
+    kwargs = family.embedder_kwargs()
+    if base_resolution is not None:
+        kwargs["base_len"] = rope.base_len_from_resolution(base_resolution, family.px_per_token)
+    return RoPEEmbedder(method=method, **kwargs, **params)

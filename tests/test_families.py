@@ -1,0 +1,179 @@
+"""The family table: detection and per-family embedders, on ids built as each family builds them
+(written here from the ComfyUI sources each row cites), checked against stock EmbedND."""
+import numpy as np
+import pytest
+import torch
+
+from sharp import families
+from sharp.families import FAMILIES, UnsupportedModelError, detect_family
+from reference_rope import np_frequencies, np_mscale, stock_embed_nd
+
+
+def fake_model(class_name, attr, theta, axes_dim, txt_ids_dims=None):
+    emb = type("EmbedND", (), {"theta": theta, "axes_dim": list(axes_dim)})()
+    params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})() if txt_ids_dims is not None else None
+    return type(class_name, (), {attr: emb, "params": params})()
+
+
+def family(name):
+    return next(f for f in FAMILIES if f.name == name)
+
+
+def test_names_are_unique_and_rows_consistent():
+    assert len({f.name for f in FAMILIES}) == len(FAMILIES)
+    for f in FAMILIES:
+        assert all(0 <= a < len(f.axes_dim) for a in f.spatial_axes) and len(f.spatial_axes) == 2
+        assert f.extent_mode in ("max", "span") and f.extent_source in ("ids", "latent")
+        assert f.base_len == f.base_resolution / f.px_per_token
+        assert f.source
+
+
+@pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
+def test_each_row_is_detected_from_its_own_model(f):
+    model = fake_model(f.classes[0], f.embedder_attr, f.theta, f.axes_dim, f.txt_ids_dims)
+    assert detect_family(model) is f
+
+
+def test_detection_tells_apart_families_sharing_a_class():
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [])).name == "Flux.1"
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56))).name == "Flux.1"  # 0.3.64: no field
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2])).name == "Ovis-Image"
+    assert detect_family(fake_model("Flux", "pe_embedder", 2000, (32, 32, 32, 32), [3])).name == "Flux.2"
+    assert detect_family(fake_model("NextDiT", "rope_embedder", 256.0, (32, 48, 48))).name == "Z-Image"
+    assert detect_family(fake_model("NextDiT", "rope_embedder", 10000.0, (32, 32, 32))).name == "Lumina 2"
+    # an unknown subclass with known constants is matched on the embedder alone
+    assert detect_family(fake_model("MyQwenFork", "pe_embedder", 256, (64, 64))).name == "HunyuanImage 2.1"
+
+
+def test_unsupported_models_name_what_is_supported():
+    sdxl = type("UNetModel", (), {})()
+    with pytest.raises(UnsupportedModelError, match="SDXL.*Supported: Flux.1 \\(ComfyUI >= 0.3.64\\)"):
+        detect_family(sdxl)
+    odd = fake_model("Flux", "pe_embedder", 10000, (8, 8))
+    with pytest.raises(UnsupportedModelError, match="matches no known family"):
+        detect_family(odd)
+    with pytest.raises(UnsupportedModelError, match="unknown family override"):
+        detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), []), override="SD3")
+    with pytest.raises(UnsupportedModelError, match="expects rope_embedder"):
+        detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), []), override="Z-Image")
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2]), override="Flux.1").name == "Flux.1"
+
+
+# --- ids as each family builds them ------------------------------------------------------------
+
+def grid(h, w):
+    r = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w).reshape(-1)
+    c = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w).reshape(-1)
+    return r, c
+
+
+def family_ids(name, h, w, txt=6):
+    """[1, L, n_axes] ids for an h x w token image plus text, per the family's source."""
+    r, c = grid(h, w)
+    n = r.numel()
+    if name in ("Flux.1", "Chroma", "Chroma Radiance"):
+        img = torch.stack([torch.zeros(n), r, c], -1)
+        return torch.cat([torch.zeros(txt, 3), img])[None]
+    if name == "Flux.2":  # text positions on axis 3 only
+        img = torch.stack([torch.zeros(n), r, c, torch.zeros(n)], -1)
+        text = torch.zeros(txt, 4)
+        text[:, 3] = torch.arange(txt, dtype=torch.float32)
+        return torch.cat([text, img])[None]
+    if name == "Ovis-Image":  # text positions on both spatial axes
+        img = torch.stack([torch.zeros(n), r, c], -1)
+        text = torch.zeros(txt, 3)
+        text[:, 1] = text[:, 2] = torch.arange(txt, dtype=torch.float32)
+        return torch.cat([text, img])[None]
+    if name == "Qwen-Image":  # centred image, text on the diagonal after it
+        img = torch.stack([torch.zeros(n), r - h // 2, c - w // 2], -1)
+        start = round(max(h // 2, w // 2))
+        text = torch.arange(start, start + txt, dtype=torch.float32)[:, None].repeat(1, 3)
+        return torch.cat([text, img])[None]
+    if name in ("Z-Image", "Lumina 2"):  # the image call: axis 0 = caption length + 1
+        return torch.stack([torch.full((n,), float(txt + 1)), r, c], -1)[None]
+    if name == "HunyuanImage 2.1":
+        return torch.cat([torch.zeros(txt, 2), torch.stack([r, c], -1)])[None]
+    raise AssertionError(name)
+
+
+def channel_ranges(f):
+    out, start = {}, 0
+    for a, d in enumerate(f.axes_dim):
+        out[a] = slice(start, start + d // 2)
+        start += d // 2
+    return out
+
+
+def prepared(f, method, ids, h, w, t=0.6):
+    emb = families.build_embedder(f, method)
+    emb.set_time(t)
+    if f.extent_source == "latent":
+        emb.set_extents(dict(zip(f.spatial_axes, (float(h), float(w)))))
+    return emb
+
+
+@pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
+def test_base_is_stock_for_every_family(f):
+    h, w = int(f.base_len * 2), int(f.base_len * 1.5)
+    ids = family_ids(f.name, h, w)
+    emb = prepared(f, "base", ids, h, w)
+    assert torch.equal(emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta))
+
+
+@pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
+def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
+    L0 = int(f.base_len)
+    ch = channel_ranges(f)
+    # taller than the base grid, narrower than it: only the height axis is promoted
+    h, w = 2 * L0, L0 - 3
+    ids = family_ids(f.name, h, w)
+    emb = prepared(f, "sharp", ids, h, w)
+    out, stock = emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta)
+    height, width = f.spatial_axes
+    assert emb.axis_scales(ids) == pytest.approx({height: h / f.base_len, width: w / f.base_len})
+    assert not torch.equal(out[..., ch[height], :, :], stock[..., ch[height], :, :])
+    assert torch.equal(out[..., ch[width], :, :], stock[..., ch[width], :, :])
+    for a in range(len(f.axes_dim)):
+        if a not in f.spatial_axes:
+            assert torch.equal(out[..., ch[a], :, :], stock[..., ch[a], :, :])
+    # at the base grid nothing changes at all
+    ids = family_ids(f.name, L0, L0)
+    emb = prepared(f, "sharp", ids, L0, L0)
+    assert torch.equal(emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta))
+
+
+@pytest.mark.parametrize("name", ("Qwen-Image", "Ovis-Image", "Flux.2"))
+def test_text_tokens_on_spatial_axes_get_the_promoted_rotation_of_their_position(name):
+    # RoPE stays relative across text and image tokens: a text token at position p on a promoted axis
+    # is rotated by the same promoted frequencies (and mscale) as an image token at p would be.
+    f = family(name)
+    h = w = int(f.base_len * 2)
+    t = 0.6
+    ids = family_ids(name, h, w, txt=6)
+    out = prepared(f, "sharp", ids, h, w, t)(ids)[0, 0].double().numpy()
+    s = h / f.base_len
+    text = range(6)  # family_ids puts the text first
+    for axis in range(len(f.axes_dim)):
+        D = f.axes_dim[axis]
+        promoted = axis in f.spatial_axes
+        freqs = np_frequencies(D, f.theta, s if promoted else 1.0, t, "sharp", f.base_len)
+        m = np_mscale(s, "sharp") if promoted else 1.0
+        for i in text:
+            angle = float(ids[0, i, axis]) * freqs
+            want = m * np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1),
+                                 np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
+            np.testing.assert_allclose(out[i, channel_ranges(f)[axis]], want, atol=1e-6, rtol=0)
+
+
+def test_text_on_spatial_axes_does_not_change_the_extent_when_it_comes_from_the_latent():
+    f = family("Ovis-Image")
+    h, w = 80, 70
+    ids = family_ids(f.name, h, w, txt=300)  # text positions reach 299 on the spatial axes
+    emb = prepared(f, "sharp", ids, h, w)
+    assert emb.axis_scales(ids) == {1: h / 64, 2: w / 64}
+
+
+def test_latent_extents_follow_each_family_patchify():
+    assert family("Flux.1").latent_extents(255, 128, 8) == {1: 128.0, 2: 64.0}  # /8 latent, 2x2 patches, padded
+    assert family("HunyuanImage 2.1").latent_extents(64, 80, 32) == {0: 64.0, 1: 80.0}
+    assert family("Qwen-Image").base_len == 83.0
