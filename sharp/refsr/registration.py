@@ -12,6 +12,8 @@ Images here are torch tensors [B, 3, H, W] in [0, 1].
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -22,12 +24,20 @@ def to_grey(img: torch.Tensor) -> torch.Tensor:
 
 
 def low_pass(img: torch.Tensor, scale: int) -> torch.Tensor:
-    """Bring an HR image to the upsampled LR's resolution: area-down by `scale`, bicubic up."""
+    """Bring an HR image [B, C, H, W] to the upsampled LR's resolution with a shift-invariant
+    Gaussian blur (sigma = scale / 2). A down/up resampling would put the result on the LR grid
+    and bias phase correlation towards multiples of `scale`."""
     if scale <= 1:
         return img
-    h, w = img.shape[-2:]
-    small = F.interpolate(img, size=(max(1, h // scale), max(1, w // scale)), mode="area")
-    return F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
+    sigma = 0.5 * scale
+    r = int(math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[1]
+    out = F.pad(img, (r, r, r, r), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def phase_correlation(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
