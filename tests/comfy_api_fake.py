@@ -1,0 +1,238 @@
+"""Project-owned stand-ins for the ComfyUI modules our nodes import, so the always-run tests can import
+the pack, read its V3 schemas (as /object_info would show them) and call `execute` without ComfyUI.
+
+`installed()` puts fake `comfy_api`, `comfy_api.latest`, `comfy`, `comfy.model_sampling`,
+`comfy.patcher_extension`, `comfy.sd` and `folder_paths` into sys.modules, imports the repository as
+a package under a private name, and restores sys.modules afterwards (a real ComfyUI imported later in
+the same session is not affected).
+
+Also: CORE_OBJECT_INFO, a hand-written subset of ComfyUI's core node definitions in /object_info
+format (the nodes our workflows use), checked against a real server by the opt-in server tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import sys
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK = "comfyui_sharp_fake_env"
+FAKED = ("comfy_api", "comfy_api.latest", "comfy", "comfy.model_sampling", "comfy.patcher_extension", "comfy.sd",
+         "folder_paths")
+
+
+# --- comfy_api.latest.io ---------------------------------------------------------------------------
+
+class _Input:
+    def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
+                 max=None, step=None, options=None, multiline=None, advanced=None, extra_dict=None, **kw):
+        self.id, self.display_name, self.optional, self.tooltip = id, display_name, optional, tooltip
+        self.default, self.min, self.max, self.step, self.options = default, min, max, step, options
+        self.advanced = advanced
+        self.extra = kw
+
+
+class _Output:
+    def __init__(self, id=None, display_name=None, tooltip=None, **kw):
+        self.id, self.display_name, self.tooltip = id, display_name, tooltip
+
+
+def _io_type(name, widget=False):
+    class Input(_Input):
+        io_type = name
+        is_widget = widget
+
+    class Output(_Output):
+        io_type = name
+
+    return type(name, (), {"Input": Input, "Output": Output, "io_type": name})
+
+
+class Schema:
+    def __init__(self, node_id, display_name=None, category="sd", inputs=None, outputs=None, description="",
+                 **kw):
+        self.node_id, self.display_name, self.category = node_id, display_name, category
+        self.inputs, self.outputs, self.description = inputs or [], outputs or [], description
+
+
+class NodeOutput:
+    def __init__(self, *args, ui=None, **kw):
+        self.result = args
+        self.ui = ui
+
+
+class ComfyNode:
+    @classmethod
+    def define_schema(cls) -> Schema:
+        raise NotImplementedError
+
+
+def _make_io():
+    io = types.ModuleType("comfy_api.latest.io")
+    io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
+    for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning"):
+        setattr(io, name, _io_type(name.upper()))
+    for name in ("Int", "Float", "String", "Boolean", "Combo"):
+        setattr(io, name, _io_type(name.upper(), widget=True))
+    return io
+
+
+class ComfyExtension:
+    async def on_load(self):
+        return None
+
+
+# --- comfy ------------------------------------------------------------------------------------------
+
+class ModelSamplingFlux:
+    def __init__(self, model_config=None):
+        self.model_config = model_config
+        self.set_parameters()
+
+    def set_parameters(self, shift=1.15, timesteps=10000):
+        self.shift = shift
+
+
+class CONST:
+    pass
+
+
+class WrappersMP:
+    OUTER_SAMPLE = "outer_sample"
+    APPLY_MODEL = "apply_model"
+    DIFFUSION_MODEL = "diffusion_model"
+
+
+class FakeSD:
+    """Records what the loader hands to ComfyUI."""
+
+    calls: list = []
+
+    class CLIPType:
+        STABLE_DIFFUSION = "stable_diffusion"
+        FLUX = "flux"
+
+    @classmethod
+    def load_diffusion_model_state_dict(cls, sd, model_options={}):
+        cls.calls.append(("model", dict(sd), dict(model_options)))
+        return ("MODEL", len(sd))
+
+    @classmethod
+    def load_text_encoder_state_dicts(cls, state_dicts=(), embedding_directory=None, clip_type=None, model_options={}):
+        cls.calls.append(("clip", [dict(s) for s in state_dicts], clip_type))
+        return ("CLIP", clip_type)
+
+    class VAE:
+        def __init__(self, sd=None, **kw):
+            FakeSD.calls.append(("vae", dict(sd)))
+
+
+class FolderPaths:
+    roots: dict[str, list[str]] = {"diffusion_models": [], "embeddings": []}
+
+    @classmethod
+    def get_folder_paths(cls, key):
+        return list(cls.roots.get(key, []))
+
+
+def _modules() -> dict[str, types.ModuleType]:
+    api = types.ModuleType("comfy_api")
+    latest = types.ModuleType("comfy_api.latest")
+    latest.io = _make_io()
+    latest.ComfyExtension = ComfyExtension
+    api.latest = latest
+    comfy = types.ModuleType("comfy")
+    ms = types.ModuleType("comfy.model_sampling")
+    ms.ModelSamplingFlux, ms.CONST = ModelSamplingFlux, CONST
+    pe = types.ModuleType("comfy.patcher_extension")
+    pe.WrappersMP = WrappersMP
+    sd = types.ModuleType("comfy.sd")
+    for name in ("CLIPType", "load_diffusion_model_state_dict", "load_text_encoder_state_dicts", "VAE"):
+        setattr(sd, name, getattr(FakeSD, name))
+    comfy.model_sampling, comfy.patcher_extension, comfy.sd = ms, pe, sd
+    fp = types.ModuleType("folder_paths")
+    fp.get_folder_paths = FolderPaths.get_folder_paths
+    # mark every fake as a package-less module with a spec so importlib.util.find_spec works
+    mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
+            "comfy.patcher_extension": pe, "comfy.sd": sd, "folder_paths": fp}
+    for name, mod in mods.items():
+        mod.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=name in ("comfy_api", "comfy"))
+    return mods
+
+
+@contextlib.contextmanager
+def installed():
+    """Yield the pack imported against the fakes; sys.modules is restored afterwards."""
+    saved = {name: sys.modules.get(name) for name in FAKED}
+    pack_saved = {k: v for k, v in sys.modules.items() if k == PACK or k.startswith(PACK + ".")}
+    for k in pack_saved:
+        del sys.modules[k]
+    sys.modules.update(_modules())
+    try:
+        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
+                                                      submodule_search_locations=[ROOT])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = pack
+        spec.loader.exec_module(pack)
+        yield pack
+    finally:
+        for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
+            del sys.modules[k]
+        for name, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+
+
+# --- schemas as /object_info ------------------------------------------------------------------------
+
+def object_info(node_cls) -> dict:
+    schema = node_cls.define_schema()
+    info = {"input": {"required": {}, "optional": {}}, "input_order": {"required": [], "optional": []},
+            "output": [o.io_type for o in schema.outputs],
+            "output_name": [o.display_name or o.io_type for o in schema.outputs],
+            "category": schema.category, "display_name": schema.display_name, "description": schema.description}
+    for inp in schema.inputs:
+        sec = "optional" if inp.optional else "required"
+        opts = {k: v for k, v in (("default", inp.default), ("min", inp.min), ("max", inp.max),
+                                  ("tooltip", inp.tooltip)) if v is not None}
+        typ = list(inp.options) if inp.io_type == "COMBO" else inp.io_type
+        info["input"][sec][inp.id] = [typ, opts]
+        info["input_order"][sec].append(inp.id)
+    return info
+
+
+def _core(inputs, outputs, optional=()):
+    info = {"input": {"required": {}, "optional": {}}, "input_order": {"required": [], "optional": []},
+            "output": list(outputs)}
+    for sec, items in (("required", inputs), ("optional", optional)):
+        for name, typ, *opts in items:
+            info["input"][sec][name] = [typ, opts[0] if opts else {}]
+            info["input_order"][sec].append(name)
+    return info
+
+
+# Hand-written from ComfyUI's core nodes (v0.3.64 .. v0.14.1); COMBO options left open.
+CORE_OBJECT_INFO = {
+    "CLIPTextEncode": _core([("text", "STRING"), ("clip", "CLIP")], ["CONDITIONING"]),
+    "FluxGuidance": _core([("conditioning", "CONDITIONING"), ("guidance", "FLOAT", {"min": 0.0, "max": 100.0})],
+                          ["CONDITIONING"]),
+    "ConditioningZeroOut": _core([("conditioning", "CONDITIONING")], ["CONDITIONING"]),
+    "EmptySD3LatentImage": _core([("width", "INT", {"min": 16}), ("height", "INT", {"min": 16}),
+                                  ("batch_size", "INT", {"min": 1})], ["LATENT"]),
+    "KSampler": _core([("model", "MODEL"), ("seed", "INT", {"control_after_generate": True}), ("steps", "INT"),
+                       ("cfg", "FLOAT"), ("sampler_name", "COMBO"), ("scheduler", "COMBO"),
+                       ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
+                       ("denoise", "FLOAT")], ["LATENT"]),
+    "VAEDecode": _core([("samples", "LATENT"), ("vae", "VAE")], ["IMAGE"]),
+    "SaveImage": _core([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
+    "PreviewImage": _core([("images", "IMAGE")], []),
+    "ImageBatch": _core([("image1", "IMAGE"), ("image2", "IMAGE")], ["IMAGE"]),
+    "ImageStitch": _core([("image1", "IMAGE"), ("direction", "COMBO"), ("match_image_size", "BOOLEAN"),
+                          ("spacing_width", "INT"), ("spacing_color", "COMBO")], ["IMAGE"],
+                         optional=[("image2", "IMAGE")]),
+    "PreviewAny": _core([("source", "*")], []),
+}
