@@ -153,7 +153,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
         x1 = euler_sample(model, x0, up_z, ref_z, steps=steps, guidance=guidance, callback=tick)
         return space.decode(space.untarget(x1, up_z)).cpu()
 
-    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp(0, 1)
+    del lr_t
+    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp_(0, 1)
     return _from_bchw(out, batched, lr)
 
 

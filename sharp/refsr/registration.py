@@ -5,8 +5,8 @@ different colours. Before tokenising, we
   1. estimate one global integer shift by phase correlation between the low-passed Ref and the
      upsampled LR (both grey, Hann-windowed), and apply it with edge replication;
   2. match the Ref's per-channel mean and standard deviation to the upsampled LR's, measuring
-     the Ref's statistics on its low-passed version so the two are compared at the same
-     resolution (the upsampled LR has no high frequencies).
+     the Ref's statistics at LR resolution so the two are compared like with like (the
+     upsampled LR has no high frequencies).
 Both are O(HW log HW) and run once per image, before tiling.
 Images here are torch tensors [B, 3, H, W] in [0, 1].
 """
@@ -69,12 +69,15 @@ def shift_image(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def match_colour(ref: torch.Tensor, target: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """Per-channel mean/std matching of ref [B, 3, H, W] to target (statistics of low_pass(ref))."""
-    lp = low_pass(ref, scale)
+    """Per-channel mean/std matching of ref [B, 3, H, W] to target [B, 3, H', W'].
+
+    The Ref's statistics are taken at the target's resolution (area-downsampled by `scale`), so
+    the high frequencies the upsampled LR lacks do not inflate the Ref's standard deviation."""
+    lp = F.avg_pool2d(ref, scale) if scale > 1 and min(ref.shape[-2:]) >= scale else ref
     mu_r, sd_r = lp.mean((-2, -1), keepdim=True), lp.std((-2, -1), keepdim=True)
     mu_t, sd_t = target.mean((-2, -1), keepdim=True), target.std((-2, -1), keepdim=True)
     gain = (sd_t / sd_r.clamp_min(1e-4)).clamp(0.25, 4.0)
-    return ((ref - mu_r) * gain + mu_t).clamp(0.0, 1.0)
+    return ref.sub(mu_r).mul_(gain).add_(mu_t).clamp_(0.0, 1.0)
 
 
 def register_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, max_shift: int = 32,
@@ -82,7 +85,7 @@ def register_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, max_shif
     """Align ref [B, 3, H, W] to the upsampled LR up [B, 3, H, W]; returns (ref', shifts [B, 2]).
 
     Shifts larger than max_shift are treated as failed estimates and not applied."""
-    shifts = phase_correlation(to_grey(up), to_grey(low_pass(ref, scale)))
+    shifts = phase_correlation(to_grey(up), low_pass(to_grey(ref)[:, None], scale)[:, 0])
     out = []
     for i in range(ref.shape[0]):
         dy, dx = (int(v) for v in shifts[i])
@@ -90,7 +93,7 @@ def register_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, max_shif
             dy = dx = 0
             shifts[i] = 0
         out.append(shift_image(ref[i:i + 1], dy, dx))
-    ref = torch.cat(out, dim=0)
+    ref = out[0] if len(out) == 1 else torch.cat(out, dim=0)
     if colour:
         ref = match_colour(ref, up, scale)
     return ref, shifts

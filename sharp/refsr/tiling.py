@@ -67,4 +67,4 @@ def run_tiled(fn: Callable[[int, int, int, int], torch.Tensor], batch: int, chan
         piece = fn(y, x, th, tw).to(torch.float32)
         out[:, :, y:y + th, x:x + tw] += piece * win
         wsum[:, :, y:y + th, x:x + tw] += win
-    return out / wsum
+    return out.div_(wsum)

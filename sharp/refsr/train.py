@@ -23,16 +23,10 @@ from .checkpoint import save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .data import RefSRDataset, TripletFolder, upsample
 from .flow import euler_sample, flow_loss
+from .metrics import psnr
 from .model import DSDiT
 from .registration import register_reference
 from .space import WorkingSpace
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1], after 8-bit quantisation."""
-    a, b = (a * 255).round(), (b * 255).round()
-    mse = float(torch.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
 
 
 def load_validation(root, n: int, crop: int, scale: int) -> list[dict]:

@@ -43,3 +43,17 @@ def test_implausible_shift_is_not_applied():
     reg, shifts = register_reference(b, a, scale=1, max_shift=0, colour=False)
     if shifts.abs().sum() == 0:
         assert torch.equal(reg, b)
+
+
+def test_metrics_against_known_values():
+    import numpy as np
+
+    from sharp.refsr.metrics import psnr, ssim
+
+    a = np.full((32, 32, 3), 100 / 255)
+    b = np.full((32, 32, 3), 110 / 255)
+    assert abs(psnr(a, b) - 10 * np.log10(255 ** 2 / 100)) < 1e-9   # MSE of 10^2
+    img = _img(6, 64)[0].permute(1, 2, 0).numpy()
+    assert ssim(img, img) == pytest.approx(1.0)
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 0.1, img.shape), 0, 1)
+    assert 0 < ssim(img, noisy) < 0.9

@@ -1,0 +1,192 @@
+"""DS-DiT benchmark on RRSSRD val_3rd (issues 4 and 6).
+
+    python benchmarks/refsr.py [--limit N] [--steps 20] [--guidance 2] [--json out.json]
+
+Per image (480x480 HR, x4): PSNR and SSIM (RGB, 8-bit) and log-spectral distance to the HR
+(sharp.spectrum.log_spectral_distance) for
+  bicubic          torch bicubic upsampling of the LR (the model's own starting point)
+  weak             DS-DiT without Ref (w = 1: LR branch only)
+  ref              DS-DiT with the registered Ref
+  ref+AG           with Ref and autoguidance v = v_weak + g (v_ref - v_weak)
+  wrong-ref        with another scene's Ref (the next image's): Ref effect = ref - wrong-ref
+  ref-unregistered with the Ref as given (no shift / colour registration)
+plus PLW weight statistics (mean w, 1 = LR) with the true and a wrong Ref, time per image, and
+peak memory (max RSS of a child process) at 512^2 and 2048^2 output, tiled.
+Runtime: about 1-2 minutes per image on one CPU core; --limit keeps it modest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "rrssrd" / "val_3rd"
+
+
+def _vm(key: str) -> float:
+    """A /proc/self/status field in MiB (VmRSS: now, VmHWM: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _memory_child(size: int, tile: int, overlap: int, ckpt: str) -> None:
+    import torch
+
+    from sharp.refsr import load_dsdit, super_resolve
+
+    torch.set_num_threads(1)
+    model = load_dsdit(ckpt)
+    g = np.random.default_rng(0)
+    super_resolve(model, g.random((16, 16, 3), dtype=np.float32),
+                  g.random((64, 64, 3), dtype=np.float32), steps=1)        # warm-up
+    lr = g.random((size // 4, size // 4, 3), dtype=np.float32)
+    ref = g.random((size, size, 3), dtype=np.float32)
+    before = _vm("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")                          # reset the peak
+    super_resolve(model, lr, ref, steps=1, tile=tile, overlap=overlap)
+    print(json.dumps({"size": size, "rss_before_mib": before, "peak_mib": _vm("VmHWM"),
+                      "inputs_mib": (lr.nbytes + ref.nbytes) / 2 ** 20}))
+
+
+def peak_memory(size: int, tile: int, overlap: int, ckpt: str) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--_memory-child", str(size), "--tile", str(tile),
+                        "--overlap", str(overlap), "--ckpt", ckpt],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="RRSSRD-style folder (val_3rd)")
+    p.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped small one)")
+    p.add_argument("--limit", type=int, default=6, help="number of images (0 = all)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=2.0, help="g for the ref+AG variant")
+    p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--seeds", type=int, default=1, help="seeds for weak/ref (spread reported)")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--json", help="write all figures to this JSON file")
+    p.add_argument("--_memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    from sharp.refsr import DEFAULT_CHECKPOINT
+
+    ckpt = args.ckpt or str(DEFAULT_CHECKPOINT)
+    if args._memory_child is not None:
+        _memory_child(args._memory_child, args.tile, args.overlap, ckpt)
+        return 0
+
+    import torch
+
+    from sharp.refsr import load_dsdit, reference_weight_map, super_resolve
+    from sharp.refsr.api import default_temperature
+    from sharp.refsr.data import TripletFolder, upsample
+    from sharp.refsr.metrics import psnr, ssim
+    from sharp.spectrum import log_spectral_distance
+
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    if not data.is_dir():
+        raise SystemExit(f"data folder not found: {data} (RRSSRD val_3rd; see shared/data/rrssrd)")
+    folder = TripletFolder(data)
+    n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
+    model = load_dsdit(ckpt)
+    temperature = default_temperature(model) if args.temperature is None else args.temperature
+    print(f"{ckpt}: {n} images of {data}, {args.steps} steps, temperature {temperature}, "
+          f"AG g={args.guidance}", flush=True)
+
+    def to_hwc(t):
+        return t[0].permute(1, 2, 0).numpy()
+
+    triplets = [tuple(to_hwc(t) for t in folder.load(i)) for i in range(n)]
+    names = ["bicubic", "weak", "ref", "ref+AG", "wrong-ref", "ref-unregistered"]
+    rows = {k: {"psnr": [], "ssim": [], "lsd": []} for k in names}
+    seed_psnr = {"weak": [[] for _ in range(args.seeds)], "ref": [[] for _ in range(args.seeds)]}
+    plw = {"true": [], "wrong": []}
+    times = {"weak": [], "ref": [], "ref+AG": []}
+    kw = dict(scale=4, steps=args.steps, tile=args.tile, overlap=args.overlap,
+              temperature=temperature)
+    for i, (hr, lr, ref) in enumerate(triplets):
+        wrong = triplets[(i + 1) % n][2] if n > 1 else np.flip(ref, 0).copy()
+        up = to_hwc(upsample(torch.from_numpy(lr).permute(2, 0, 1)[None], hr.shape[:2]))
+        outs = {"bicubic": up}
+        for s in range(args.seeds):
+            for name, r in (("weak", None), ("ref", ref)):
+                t0 = time.perf_counter()
+                out = super_resolve(model, lr, r, seed=s, **kw)
+                if s == 0:
+                    times[name].append(time.perf_counter() - t0)
+                    outs[name] = out
+                seed_psnr[name][s].append(psnr(out, hr))
+        t0 = time.perf_counter()
+        outs["ref+AG"] = super_resolve(model, lr, ref, guidance=args.guidance, **kw)
+        times["ref+AG"].append(time.perf_counter() - t0)
+        outs["wrong-ref"] = super_resolve(model, lr, wrong, **kw)
+        outs["ref-unregistered"] = super_resolve(model, lr, ref, register=False, **kw)
+        for name, out in outs.items():
+            rows[name]["psnr"].append(psnr(out, hr))
+            rows[name]["ssim"].append(ssim(out, hr))
+            rows[name]["lsd"].append(log_spectral_distance(out, hr))
+        plw["true"].append(float(reference_weight_map(model, lr, ref).mean()))
+        plw["wrong"].append(float(reference_weight_map(model, lr, wrong).mean()))
+        print(f"[{i + 1}/{n}] {folder.names[i]}: " + ", ".join(
+            f"{k} {rows[k]['psnr'][-1]:.2f}" for k in names), flush=True)
+
+    summary = {k: {m: float(np.mean(v)) for m, v in r.items()} for k, r in rows.items()}
+    ref_effect = float(np.mean(np.array(rows["ref"]["psnr"]) - np.array(rows["wrong-ref"]["psnr"])))
+    gain = np.array(rows["ref"]["psnr"]) - np.array(rows["weak"]["psnr"])
+    seeds = {k: [float(np.mean(v)) for v in lists] for k, lists in seed_psnr.items()}
+    result = {
+        "checkpoint": str(ckpt), "images": n, "steps": args.steps, "temperature": temperature,
+        "guidance": args.guidance, "metrics": summary,
+        "ref_effect_db": ref_effect,
+        "ref_minus_weak_db": {"mean": float(gain.mean()), "std_over_images": float(gain.std()),
+                              "images_improved": int((gain > 0).sum())},
+        "seed_means_psnr": seeds,
+        "plw_mean_w": {k: float(np.mean(v)) for k, v in plw.items()},
+        "seconds_per_480_image": {k: float(np.mean(v)) for k, v in times.items()},
+        "threads": args.threads,
+    }
+    if not args.no_memory:
+        mem = {}
+        for size in (512, 2048):
+            m = peak_memory(size, args.tile, args.overlap, ckpt)
+            mem[f"{size}x{size}"] = {"peak_rss": m["peak_mib"],
+                                     "increase_during_call": m["peak_mib"] - m["rss_before_mib"],
+                                     "one_rgb_float_buffer": size * size * 3 * 4 / 2 ** 20}
+        result["peak_memory_mib"] = mem
+
+    print("\n| variant | PSNR (dB) | SSIM | LSD (dB) |\n|---|---|---|---|")
+    for k in names:
+        s = summary[k]
+        print(f"| {k} | {s['psnr']:.3f} | {s['ssim']:.4f} | {s['lsd']:.3f} |")
+    print(f"\nRef effect (ref - wrong-ref PSNR): {ref_effect:+.3f} dB")
+    print(f"ref - weak: {gain.mean():+.3f} dB (std over images {gain.std():.3f}, "
+          f"{int((gain > 0).sum())}/{n} improved); per-seed means {seeds}")
+    print(f"PLW mean w (1 = LR): true Ref {result['plw_mean_w']['true']:.3f}, "
+          f"wrong Ref {result['plw_mean_w']['wrong']:.3f}")
+    print("seconds per 480x480 image: " + ", ".join(
+        f"{k} {v:.1f}" for k, v in result["seconds_per_480_image"].items()))
+    if "peak_memory_mib" in result:
+        for k, v in result["peak_memory_mib"].items():
+            print(f"{k} (tile {args.tile}): peak RSS {v['peak_rss']:.0f} MiB, +{v['increase_during_call']:.0f}"
+                  f" MiB during the call (one RGB float32 image buffer = {v['one_rgb_float_buffer']:.0f} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
