@@ -28,6 +28,9 @@ class DSDiTConfig:
     mlp_ratio: float = 2.0
     encoder_depth: int = 1   # conv layers of the shared (Siamese) condition encoder
     plw_hidden: int = 8      # hidden channels of each Patch-Level Weighting module
+    # Feed the Siamese encoder [image, image - GaussianBlur(image)] (issue 6): the Ref's detail
+    # layer is then directly comparable to the residual the flow generates.
+    cond_highpass: bool = False
     # Flow target: "residual" (HR - up(LR), scaled by res_scale) or "direct" (the HR itself).
     target: str = "residual"
     res_scale: float = 15.0   # ~1 / std of the pixel residual in [-1, 1] units on RRSSRD
@@ -62,6 +65,8 @@ class DSDiTConfig:
                 raise ValueError(f"DS-DiT config field {name!r} must be an integer, got {value!r}")
             if want == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise ValueError(f"DS-DiT config field {name!r} must be a number, got {value!r}")
+            if want == "bool" and not isinstance(value, bool):
+                raise ValueError(f"DS-DiT config field {name!r} must be true/false, got {value!r}")
             if want == "str" and not isinstance(value, str):
                 raise ValueError(f"DS-DiT config field {name!r} must be a string, got {value!r}")
             kwargs[name] = float(value) if want == "float" else value
@@ -96,8 +101,8 @@ class DSDiTConfig:
 
 # Presets for `train-refsr --config`. small: the shipped CPU model; base/large: GPU training.
 PRESETS = {
-    "small": DSDiTConfig(),  # ~0.1M parameters: trains in ~40 min on one CPU core
-    "base": DSDiTConfig(dim=192, depth=8, heads=6, radius=3, mlp_ratio=4.0, encoder_depth=3,
+    "small": DSDiTConfig(cond_highpass=True),  # ~0.1M parameters: ~40 min on one CPU core
+    "base": DSDiTConfig(cond_highpass=True, dim=192, depth=8, heads=6, radius=3, mlp_ratio=4.0, encoder_depth=3,
                         plw_hidden=64),
     "large": DSDiTConfig(space="latent", latent_channels=16, latent_downscale=8, patch=2,
                          dim=768, depth=16, heads=12, radius=6, mlp_ratio=4.0, encoder_depth=4,

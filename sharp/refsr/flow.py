@@ -51,14 +51,18 @@ def euler_sample(model: DSDiT, x0, lr, ref=None, steps: int = 20, guidance: floa
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = x0
     b = x.shape[0]
+    encode = getattr(model, "encode_conditions", None)      # conditions are fixed: encode once
+    c_lr, c_ref = encode(lr, ref) if encode is not None else (None, None)
+    weak_kw = {"conds": (c_lr, None)} if encode is not None else {}
+    strong_kw = {"conds": (c_lr, c_ref)} if encode is not None else {}
     for i in range(steps):
         t = torch.full((b,), i / steps, device=x.device, dtype=x.dtype)
         if ref is None:
-            v = model(x, t, lr)
+            v = model(x, t, lr, **weak_kw)
         elif guidance == 1.0:
-            v = model(x, t, lr, ref)
+            v = model(x, t, lr, ref, **strong_kw)
         else:
-            v = autoguidance(model(x, t, lr), model(x, t, lr, ref), guidance)
+            v = autoguidance(model(x, t, lr, **weak_kw), model(x, t, lr, ref, **strong_kw), guidance)
         x = x + v / steps
         if callback is not None:
             callback()

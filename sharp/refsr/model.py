@@ -22,6 +22,7 @@ from torch import nn
 from .attention import DecoupledAttention
 from .config import DSDiTConfig
 from .plw import PatchLevelWeighting, fuse
+from .registration import low_pass
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -110,7 +111,7 @@ class DSDiT(nn.Module):
         c, p, d = cfg.in_channels, cfg.patch, cfg.dim
         self.x_embed = nn.Linear(c * p * p, d)
         self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-        self.encoder = SiameseEncoder(c, p, d, cfg.encoder_depth)
+        self.encoder = SiameseEncoder(c * (2 if cfg.cond_highpass else 1), p, d, cfg.encoder_depth)
         self.blocks = nn.ModuleList(DSDiTBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
@@ -119,8 +120,23 @@ class DSDiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False):
+    def condition_input(self, img: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> encoder input: the grid, plus its detail layer if cond_highpass."""
+        if not self.cfg.cond_highpass:
+            return img
+        return torch.cat([img, img - low_pass(img, self.cfg.scale)], dim=1)
+
+    def encode_conditions(self, lr, ref=None):
+        """Siamese encoding of the condition grids -> (c_LR, c_Ref or None), [B, h, w, D].
+
+        They do not depend on x_t or t: samplers compute them once and pass `conds`."""
+        c_lr = self.encoder(self.condition_input(lr), SiameseEncoder.LR)
+        c_ref = None if ref is None else self.encoder(self.condition_input(ref), SiameseEncoder.REF)
+        return c_lr, c_ref
+
+    def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None):
         """x_t, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); t: [B].
+        conds: optional precomputed encode_conditions(lr, ref) (then lr/ref are not re-encoded).
 
         Returns the velocity [B, C, H, W] (and the per-block PLW maps if return_weights)."""
         p = self.cfg.patch
@@ -128,8 +144,7 @@ class DSDiT(nn.Module):
             raise ValueError(f"grid size {tuple(x_t.shape[-2:])} is not a multiple of patch {p}")
         x = self.x_embed(patchify(x_t, p))                                 # [B, h, w, D]
         temb = self.t_embed(timestep_embedding(t, self.cfg.dim))           # [B, D]
-        c_lr = self.encoder(lr, SiameseEncoder.LR)
-        c_ref = None if ref is None else self.encoder(ref, SiameseEncoder.REF)
+        c_lr, c_ref = conds if conds is not None else self.encode_conditions(lr, ref)
         weights = []
         for block in self.blocks:
             x, w = block(x, temb, c_lr, c_ref, ref_on)

@@ -104,11 +104,13 @@ def _load_state(out: Path, model, ema, opt, generator) -> dict:
     return info
 
 
-def lr_at(step: int, steps: int, base: float, warmup: int = 200) -> float:
-    """Linear warm-up then cosine decay to 10% of the base learning rate."""
+def lr_at(step: int, steps: int, base: float, warmup: int = 200, time_frac: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to 10% of the base learning rate. With a time budget,
+    time_frac (elapsed / budget) advances the decay when it is ahead of step / steps, so a run
+    cut short by --max-minutes still ends annealed."""
     if step < warmup:
         return base * (step + 1) / warmup
-    frac = (step - warmup) / max(1, steps - warmup)
+    frac = max((step - warmup) / max(1, steps - warmup), time_frac)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
@@ -162,7 +164,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     while info["step"] < steps:
         step = info["step"]
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+            group["lr"] = lr_at(step, steps, lr, time_frac=(time.time() - t_start) / (60 * max_minutes)
+                                if max_minutes else 0.0)
         b = dataset.batch(batch, generator)
         up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
         x1 = space.target(space.encode(b["hr"]), up_z)

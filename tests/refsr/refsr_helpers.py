@@ -11,7 +11,8 @@ from PIL import Image
 from sharp.refsr.config import DSDiTConfig
 from sharp.refsr.model import DSDiT
 
-TINY = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4)
+TINY = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
+                   cond_highpass=True)
 # repo root is parents[2] of this file; shared/ sits beside the clone
 RRSSRD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rrssrd"
 

@@ -55,3 +55,15 @@ def test_presets_are_valid_and_small_is_small():
     assert n < 1_000_000                                        # a few MB at most in fp32
     with pytest.raises(ValueError, match="divisible"):
         DSDiTConfig(dim=10, heads=4).validate()
+
+
+def test_precomputed_conditions_match_and_highpass_is_optional():
+    for cfg in (TINY, DSDiTConfig(dim=16, depth=1, heads=2, encoder_depth=1, plw_hidden=4)):
+        model = randomised(cfg)
+        x, lr, ref = (torch.randn(2, 3, 16, 16) for _ in range(3))
+        t = torch.tensor([0.2, 0.7])
+        direct = model(x, t, lr, ref)
+        cached = model(x, t, lr * 0, ref * 0, conds=model.encode_conditions(lr, ref))
+        assert torch.equal(direct, cached)
+    with pytest.raises(ValueError, match="true/false"):
+        DSDiTConfig.from_dict({"cond_highpass": 1})
