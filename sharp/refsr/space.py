@@ -37,6 +37,14 @@ class CallableVAE:
         self._encode, self._decode = encode, decode
         self.channels, self.downscale = channels, downscale
 
+    @classmethod
+    def channels_last(cls, encode: Callable, decode: Callable, channels: int,
+                      downscale: int) -> "CallableVAE":
+        """For VAEs that take/return images as [B, H, W, 3] (ComfyUI's VAE.encode/decode):
+        CallableVAE.channels_last(vae.encode, vae.decode, vae.latent_channels, vae.downscale_ratio)"""
+        return cls(lambda im: encode(im.permute(0, 2, 3, 1)),
+                   lambda z: decode(z).permute(0, 3, 1, 2), channels, downscale)
+
     def encode(self, images):
         return self._encode(images)
 

@@ -76,6 +76,10 @@ def test_latent_space_needs_a_matching_vae():
     vae = CallableVAE(lambda im: calls.append("e") or enc(im), dec, channels=4, downscale=2)
     out = super_resolve(model, lr, ref, steps=1, vae=vae, tile=16, overlap=4)
     assert out.shape == (32, 32, 3) and "e" in calls
+    # ComfyUI-style VAE: images [B, H, W, 3] in and out
+    cl = CallableVAE.channels_last(lambda im: enc(im.permute(0, 3, 1, 2)),
+                                   lambda z: dec(z).permute(0, 2, 3, 1), channels=4, downscale=2)
+    assert np.allclose(super_resolve(model, lr, ref, steps=1, vae=cl, tile=16, overlap=4), out)
 
 
 def test_reference_weight_map_in_unit_interval(model):
