@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore existing OUT.state.* files")
     p.set_defaults(func=run)
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
                  batch=args.batch, crop=args.crop, lr=args.lr, ref_drop=args.ref_drop,
                  synthetic_ref_prob=args.synthetic_ref, val_every=args.val_every,
                  save_every=args.save_every, max_minutes=args.max_minutes, seed=args.seed,
-                 resume=not args.no_resume)
+                 resume=not args.no_resume, device=args.device)
     print(f"wrote {args.out} at step {info['step']}")
     return 0

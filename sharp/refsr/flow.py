@@ -32,7 +32,7 @@ def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None) -> torch.T
 
     x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for that sample."""
     b = x1.shape[0]
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)   # CPU generator
     t = sample_t(b, generator).to(x1.device)
     v = model(interpolate(x0, x1, t), t, lr, ref, ref_on)
     return torch.mean((v - (x1 - x0)) ** 2)

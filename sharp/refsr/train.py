@@ -50,16 +50,17 @@ def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0,
              temperature: float = 1.0) -> dict:
     """Mean PSNR of bicubic, weak (no Ref) and Ref samples on validation crops."""
     space = WorkingSpace(model.cfg)
+    device = next(model.parameters()).device
     out = {"bicubic": [], "weak": [], "ref": []}
     for it in items:
-        up_z = space.encode(it["up"])
-        ref_z = space.encode(it["ref"])
+        up_z = space.encode(it["up"].to(device))
+        ref_z = space.encode(it["ref"].to(device))
         g = torch.Generator().manual_seed(seed)
-        x0 = temperature * torch.randn(up_z.shape, generator=g)
+        x0 = temperature * torch.randn(up_z.shape, generator=g).to(device)
         out["bicubic"].append(psnr(it["up"], it["hr"]))
         for name, ref in (("weak", None), ("ref", ref_z)):
             x1 = euler_sample(model, x0, up_z, ref, steps=steps)
-            out[name].append(psnr(space.decode(space.untarget(x1, up_z)), it["hr"]))
+            out[name].append(psnr(space.decode(space.untarget(x1, up_z)).cpu(), it["hr"]))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -74,12 +75,12 @@ def choose_temperature(model: DSDiT, items: list[dict], temperatures=(0.0, 0.5, 
 
 
 def _save_state(out: Path, model, ema, opt, generator, info: dict) -> None:
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
+    tensors = {f"model.{k}": v.cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.state_dict().items()})
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for key, val in st.items():
-            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val).contiguous()
+            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(val).cpu().contiguous()
     tensors["rng"] = generator.get_state()
     save_file(tensors, str(out) + ".state.safetensors.tmp")
     Path(str(out) + ".state.safetensors.tmp").replace(str(out) + ".state.safetensors")
@@ -118,9 +119,11 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           steps: int = 10000, batch: int = 8, crop: int = 64, lr: float = 2e-3,
           ref_drop: float = 0.2, synthetic_ref_prob: float = 0.5, ema_decay: float = 0.999,
           val_every: int = 1000, val_count: int = 4, val_crop: int = 192, save_every: int = 500,
-          max_minutes: float = 0.0, seed: int = 0, resume: bool = True,
+          max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
           log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict."""
+    """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict.
+
+    device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved)."""
     from tqdm import tqdm
 
     cfg = PRESETS[config] if isinstance(config, str) else config
@@ -130,7 +133,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = DSDiT(cfg)
+    model = DSDiT(cfg).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     info = {"step": 0, "history": [], "args": {
@@ -166,10 +169,10 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, time_frac=(time.time() - t_start) / (60 * max_minutes)
                                 if max_minutes else 0.0)
-        b = dataset.batch(batch, generator)
+        b = {k: v.to(device) for k, v in dataset.batch(batch, generator).items()}
         up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
         x1 = space.target(space.encode(b["hr"]), up_z)
-        ref_on = torch.rand(batch, generator=generator) >= ref_drop
+        ref_on = (torch.rand(batch, generator=generator) >= ref_drop).to(device)
         loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
