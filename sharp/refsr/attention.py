@@ -54,20 +54,33 @@ class NeighbourhoodAttention(nn.Module):
         """x, cond: [B, H, W, D] -> [B, H, W, D]."""
         b, h, w, d = x.shape
         nh, r = self.heads, self.radius
-        q = rearrange(self.q(x), "b h w (n c) -> b h w n c", n=nh)                # [B,H,W,nh,dh]
+        k = 2 * r + 1
+        q = self.q(x).unflatten(-1, (nh, d // nh)) / math.sqrt(d // nh)        # [B,H,W,nh,dh]
         k_s, v_s = self.kv_self(x).chunk(2, dim=-1)
         k_c, v_c = self.kv_cond(cond).chunk(2, dim=-1)
-        keys = torch.cat([neighbourhood(k_s, r), neighbourhood(k_c, r)], dim=3)  # [B,H,W,2K,D]
-        vals = torch.cat([neighbourhood(v_s, r), neighbourhood(v_c, r)], dim=3)
-        keys = rearrange(keys, "b h w k (n c) -> b h w n k c", n=nh)             # [B,H,W,nh,2K,dh]
-        vals = rearrange(vals, "b h w k (n c) -> b h w n k c", n=nh)
-        logits = (q.unsqueeze(-2) * keys).sum(-1) / math.sqrt(d // nh)           # [B,H,W,nh,2K]
+        pad = (0, 0, r, r, r, r)
+        keys = [F.pad(t, pad) for t in (k_s, k_c)]                               # [B,H+2r,W+2r,D]
+        vals = [F.pad(t, pad) for t in (v_s, v_c)]
+        offsets = [(dy, dx) for dy in range(k) for dx in range(k)]
+
+        def shifted(t, dy, dx):                                                  # [B,H,W,nh,dh]
+            return t[:, dy:dy + h, dx:dx + w].unflatten(-1, (nh, d // nh))
+
+        # one logit per (source, offset), without materialising the neighbourhoods
+        logits = torch.stack([(q * shifted(kp, dy, dx)).sum(-1)
+                              for kp in keys for dy, dx in offsets], dim=-1)     # [B,H,W,nh,2K]
         logits = logits + torch.cat([self.bias_self, self.bias_cond], dim=1)     # bias [nh, 2K]
         valid = neighbourhood_valid(h, w, r, x.device)                           # [H,W,K]
         valid = torch.cat([valid, valid], dim=-1)[:, :, None]                    # [H,W,1,2K]
         attn = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
-        out = (attn.unsqueeze(-1) * vals).sum(-2)                                # [B,H,W,nh,dh]
-        return self.out(rearrange(out, "b h w n c -> b h w (n c)"))
+        out = None
+        j = 0
+        for vp in vals:
+            for dy, dx in offsets:
+                term = attn[..., j:j + 1] * shifted(vp, dy, dx)
+                out = term if out is None else out + term
+                j += 1
+        return self.out(out.flatten(-2))                                         # [B,H,W,D]
 
 
 class DecoupledAttention(nn.Module):

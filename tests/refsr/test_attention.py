@@ -45,3 +45,32 @@ def test_attention_is_local():
     h2, _ = attn(x, c2)
     changed = (h - h2).abs().amax(-1)[0] > 0
     assert changed[6:, 6:].any() and not changed[:6].any() and not changed[:, :6].any()
+
+
+def test_attention_matches_a_naive_gather_implementation():
+    """The shifted-slice implementation equals softmax over explicitly gathered neighbours."""
+    import math
+
+    from einops import rearrange
+
+    from sharp.refsr.attention import NeighbourhoodAttention
+
+    torch.manual_seed(0)
+    att = NeighbourhoodAttention(dim=8, heads=2, radius=1)
+    with torch.no_grad():
+        att.bias_self.normal_()
+        att.bias_cond.normal_()
+    x, c = torch.randn(2, 5, 6, 8), torch.randn(2, 5, 6, 8)
+    q = rearrange(att.q(x), "b h w (n e) -> b h w n e", n=2)
+    k_s, v_s = att.kv_self(x).chunk(2, -1)
+    k_c, v_c = att.kv_cond(c).chunk(2, -1)
+    keys = torch.cat([neighbourhood(k_s, 1), neighbourhood(k_c, 1)], 3)      # [B,H,W,2K,D]
+    vals = torch.cat([neighbourhood(v_s, 1), neighbourhood(v_c, 1)], 3)
+    keys = rearrange(keys, "b h w k (n e) -> b h w n k e", n=2)
+    vals = rearrange(vals, "b h w k (n e) -> b h w n k e", n=2)
+    logits = (q.unsqueeze(-2) * keys).sum(-1) / math.sqrt(4)
+    logits = logits + torch.cat([att.bias_self, att.bias_cond], 1)
+    valid = torch.cat([neighbourhood_valid(5, 6, 1)] * 2, -1)[:, :, None]
+    a = logits.masked_fill(~valid, float("-inf")).softmax(-1)
+    naive = att.out(rearrange((a.unsqueeze(-1) * vals).sum(-2), "b h w n e -> b h w (n e)"))
+    assert torch.allclose(att(x, c), naive, atol=1e-5)
