@@ -196,3 +196,67 @@ def test_schedule_preview_node(H):
     assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and img.shape[1] > 100
     with pytest.raises(ValueError, match="method"):
         node.execute(width=1024, height=1024, method="nope", steps=8)
+
+
+def _tiny_lora(seed=0, rank=4):
+    """A LoRA on the tiny Flux's img_attn.proj, in the plain `<key>.lora_up/down.weight` format."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    H = 128
+    key = "diffusion_model.double_blocks.0.img_attn.proj"
+    return {f"{key}.lora_up.weight": torch.randn(H, rank, generator=g) * 0.5,
+            f"{key}.lora_down.weight": torch.randn(rank, H, generator=g) * 0.5}
+
+
+@pytest.mark.parametrize("order", ["lora_then_sharp", "sharp_then_lora"])
+def test_with_lora(H, base_model, order):
+    import comfy.sd
+    import torch
+
+    lora = _tiny_lora()
+    if order == "lora_then_sharp":
+        with_lora, _ = comfy.sd.load_lora_for_models(base_model, None, lora, 1.0, 0)
+        patched = promote(H, with_lora, method="sharp")
+        reference = promote(H, base_model, method="sharp")
+    else:
+        reference = promote(H, base_model, method="sharp")
+        patched, _ = comfy.sd.load_lora_for_models(reference, None, lora, 1.0, 0)
+    assert type(patched.get_model_object(EMB)).__name__ == "RoPEEmbedder"
+    seen_t, _ = record_times(patched)
+    out = H.sample(patched, latent_hw=(64, 64), steps=3, seed=2)
+    ref = H.sample(reference, latent_hw=(64, 64), steps=3, seed=2)
+    assert seen_t and seen_t[0] == pytest.approx(1.0)
+    assert not torch.equal(out, ref)  # the LoRA is applied on top of the promoted model
+    again = H.sample(reference, latent_hw=(64, 64), steps=3, seed=2)
+    assert torch.equal(ref, again)  # and it does not leak into the model without it
+
+
+def test_kontext_reference_latent_not_counted(H, base_model):
+    """Flux Kontext reference images (ids index 1) do not change the extent the embedder promotes."""
+    import comfy.sample
+    import torch
+
+    patched = promote(H, base_model, method="sharp")
+    emb = patched.get_model_object(EMB)
+    extents = []
+    orig = emb.axis_extents
+
+    def spy(ids):
+        out = orig(ids)
+        extents.append((tuple(ids.shape), out))
+        return out
+
+    emb.axis_extents = spy
+    latent = torch.zeros(1, 16, 64, 48)  # 32 x 24 tokens
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    ref_latent = torch.randn(1, 16, 96, 96, generator=torch.Generator().manual_seed(1))  # 48 x 48 tokens
+    pos = H.conditioning(1)
+    pos[0][1]["reference_latents"] = [ref_latent]
+    out = comfy.sample.sample(patched, noise, 2, 1.0, "euler", "simple", pos, H.conditioning(2), latent,
+                              disable_pbar=True, seed=0)
+    assert torch.isfinite(out).all()
+    assert extents, "the embedder was not called"
+    for shape, ext in extents:
+        assert shape[1] == 8 + 32 * 24 + 48 * 48  # text + image + reference tokens reached the embedder
+        assert ext == {1: 32.0, 2: 24.0}
