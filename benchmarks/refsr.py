@@ -64,6 +64,29 @@ def peak_memory(size: int, tile: int, overlap: int, ckpt: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def save_figure(path, name, up, ref, hr, sr, w_true, w_wrong) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("bicubic x4", up), ("Ref (as given)", ref), ("HR", hr), ("DS-DiT with Ref", sr),
+              ("PLW w, true Ref", w_true), ("PLW w, wrong Ref", w_wrong)]
+    fig, axes = plt.subplots(1, 6, figsize=(18, 3.4))
+    for ax, (title, img) in zip(axes, panels):
+        if img.ndim == 2:
+            im = ax.imshow(img, vmin=0, vmax=1, cmap="viridis")
+        else:
+            ax.imshow(np.clip(img, 0, 1))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[-2:], shrink=0.8, label="w (1 = LR branch, 0 = Ref branch)")
+    fig.suptitle(f"RRSSRD val_3rd {name}", fontsize=10)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="RRSSRD-style folder (val_3rd)")
@@ -78,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--json", help="write all figures to this JSON file")
+    p.add_argument("--figure", help="save a PNG of the first image: inputs, output, PLW maps")
     p.add_argument("--_memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -139,8 +163,12 @@ def main(argv=None) -> int:
             rows[name]["psnr"].append(psnr(out, hr))
             rows[name]["ssim"].append(ssim(out, hr))
             rows[name]["lsd"].append(log_spectral_distance(out, hr))
-        plw["true"].append(float(reference_weight_map(model, lr, ref).mean()))
-        plw["wrong"].append(float(reference_weight_map(model, lr, wrong).mean()))
+        w_true = reference_weight_map(model, lr, ref)[0]
+        w_wrong = reference_weight_map(model, lr, wrong)[0]
+        plw["true"].append(float(w_true.mean()))
+        plw["wrong"].append(float(w_wrong.mean()))
+        if args.figure and i == 0:
+            save_figure(args.figure, folder.names[i], up, ref, hr, outs["ref"], w_true, w_wrong)
         print(f"[{i + 1}/{n}] {folder.names[i]}: " + ", ".join(
             f"{k} {rows[k]['psnr'][-1]:.2f}" for k in names), flush=True)
 
