@@ -181,6 +181,7 @@ def main(argv=None) -> int:
         "guidance": args.guidance, "metrics": summary,
         "ref_effect_db": ref_effect,
         "ref_minus_weak_db": {"mean": float(gain.mean()), "std_over_images": float(gain.std()),
+                              "standard_error": float(gain.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
                               "images_improved": int((gain > 0).sum())},
         "seed_means_psnr": seeds,
         "plw_mean_w": {k: float(np.mean(v)) for k, v in plw.items()},
@@ -201,7 +202,9 @@ def main(argv=None) -> int:
         s = summary[k]
         print(f"| {k} | {s['psnr']:.3f} | {s['ssim']:.4f} | {s['lsd']:.3f} |")
     print(f"\nRef effect (ref - wrong-ref PSNR): {ref_effect:+.3f} dB")
-    print(f"ref - weak: {gain.mean():+.3f} dB (std over images {gain.std():.3f}, "
+    se = result["ref_minus_weak_db"]["standard_error"]
+    print(f"ref - weak: {gain.mean():+.3f} dB (std over images {gain.std():.3f}, standard error "
+          f"{se if se is None else round(se, 3)}, "
           f"{int((gain > 0).sum())}/{n} improved); per-seed means {seeds}")
     print(f"PLW mean w (1 = LR): true Ref {result['plw_mean_w']['true']:.3f}, "
           f"wrong Ref {result['plw_mean_w']['wrong']:.3f}")
