@@ -183,3 +183,34 @@ def test_cli_convert(tmp_path, sd):
     bad = subprocess.run([sys.executable, "-m", "sharp", "convert", str(tmp_path / "nope"), str(tmp_path / "x.safetensors")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "no such folder" in bad.stderr
+
+
+def test_streaming_keeps_no_second_copy():
+    """Renamed tensors are passed through (no copy); q/k/v parts are dropped once fused, so at most one
+    fusion group's parts are alive beside the output while reading."""
+    import gc
+    import weakref
+
+    sd = tiny_diffusers_flux(depth=2, depth_single=2)
+    order = sorted(sd, key=lambda k: (k.split(".")[:2], k))  # block by block, as shards usually are
+    part_refs, plain_refs, peak = [], {}, [0]
+
+    def stream():
+        for k in order:
+            t = sd[k].clone()
+            target = df.map_key(k)
+            if target[2] > 1:
+                part_refs.append(weakref.ref(t))
+            else:
+                plain_refs[target[0]] = weakref.ref(t)
+            gc.collect()
+            peak[0] = max(peak[0], sum(r() is not None for r in part_refs))
+            yield k, t
+            del t
+
+    out = df.convert_state_dict(stream())
+    gc.collect()
+    assert all(r() is None for r in part_refs)  # every q/k/v/mlp part was released after fusion
+    assert all(out[k] is r() for k, r in plain_refs.items() if k != "final_layer.adaLN_modulation.1.weight"
+               and k != "final_layer.adaLN_modulation.1.bias")  # renamed, not copied
+    assert peak[0] <= 4 * 2  # weight + bias parts of one fusion group at most
