@@ -43,9 +43,14 @@ assert set(METHOD_CHOICES) == set(METHODS)
 NOISE_SHIFTS = ("sharp", "resolution", "keep")
 
 SUPPORTED_FAMILIES = (
-    "Flux.1 (dev, schnell, Krea, Kontext, Fill) and Chroma, i.e. diffusion models whose "
-    "`diffusion_model.pe_embedder` is a Flux-style EmbedND with `theta` and `axes_dim`"
+    "Flux.1 (dev, schnell, Krea, Kontext, Fill, and fine-tunes such as RS-FLUX), Chroma and Chroma Radiance: "
+    "DiTs whose `diffusion_model.pe_embedder` is a Flux-style EmbedND over (image index, row, column)"
 )
+
+SUPPORTED_MODEL_CLASSES = ("Flux", "Chroma", "ChromaRadiance")
+"""ComfyUI diffusion-model classes (or their subclasses) of the supported families. Flux.2 shares the
+`Flux` class but has 4 RoPE axes and is refused by the axis check; Qwen-Image (ids centred on the
+image), HunyuanVideo (axis 0 is time) and HiDream have other position layouts and are refused."""
 
 LATENT_PX = 8
 """Image pixels per latent pixel (Flux VAE)."""
@@ -79,12 +84,22 @@ def flux_embedder_config(embedder, model_name: str = "this model") -> tuple[floa
             f"{model_name}'s pe_embedder has theta={theta!r}, axes_dim={axes_dim!r}, which are not a "
             f"number and a list of ints. Supported: {SUPPORTED_FAMILIES}."
         ) from err
-    if len(axes) < 2:
+    if len(axes) != 3:
         raise UnsupportedModelError(
-            f"{model_name}'s pe_embedder has axes_dim={axes}: no spatial axis to promote. "
-            f"Supported: {SUPPORTED_FAMILIES}."
+            f"{model_name}'s pe_embedder has {len(axes)} axes {axes}; SHARP promotes the Flux.1 layout "
+            f"(image index, row, column). Supported: {SUPPORTED_FAMILIES}."
         )
     return theta, axes
+
+
+def check_family(diffusion_model, model_name: str = "this model") -> None:
+    """UnsupportedModelError unless the diffusion model is (a subclass of) a supported family's class."""
+    names = {c.__name__ for c in type(diffusion_model).__mro__}
+    if diffusion_model is None or not names & set(SUPPORTED_MODEL_CLASSES):
+        raise UnsupportedModelError(
+            f"SHARP Resolution Promotion cannot patch {model_name}: supported are {SUPPORTED_FAMILIES}. "
+            "Connect a Flux-family MODEL (e.g. from 'Load Diffusion Model' or 'Load RS-FLUX (diffusers folder)')."
+        )
 
 
 def is_flux_sampling(model_sampling) -> bool:
@@ -210,6 +225,11 @@ def promote(model, *, method: str = "sharp", base_resolution: int = 1024, alpha_
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
     model_name = _model_name(model)
+    try:
+        diffusion_model = model.get_model_object("diffusion_model")
+    except AttributeError:
+        diffusion_model = None
+    check_family(diffusion_model, model_name)
     try:
         original = model.get_model_object(EMBEDDER_PATH)
     except AttributeError:

@@ -49,8 +49,9 @@ def image_ids(h_tokens: int, w_tokens: int, txt_tokens: int = 4, batch: int = 1)
     return ids.unsqueeze(0).repeat(batch, 1, 1)
 
 
-class FakeFlux(torch.nn.Module):
-    """Diffusion model: returns the positional embedding it computed (so tests see the RoPE output)."""
+class Flux(torch.nn.Module):
+    """Diffusion model named like ComfyUI's Flux class (the patch checks the family by class name);
+    returns the positional embedding it computed, so tests see the RoPE output."""
 
     def __init__(self, theta=10000, axes_dim=(16, 56, 56)):
         super().__init__()
@@ -59,6 +60,9 @@ class FakeFlux(torch.nn.Module):
     def forward(self, x, timestep, **kwargs):
         h, w = x.shape[-2] // 2, x.shape[-1] // 2  # latent px -> tokens (2x2 patches)
         return self.pe_embedder(image_ids(h, w, batch=x.shape[0]))
+
+
+FakeFlux = Flux
 
 
 class ModelSamplingFlux:

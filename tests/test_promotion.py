@@ -187,3 +187,23 @@ def test_bad_settings_clear_errors(kw, match):
 
 def test_method_choices_cover_core_methods():
     assert set(P.METHOD_CHOICES) == set(sharp.rope.METHODS) and P.METHOD_CHOICES[0] == "sharp"
+
+
+def test_other_layouts_refused():
+    class QwenImageTransformer2DModel(torch.nn.Module):  # a Flux-style EmbedND, but ids centred on the image
+        def __init__(self):
+            super().__init__()
+            self.pe_embedder = cf.FakeEmbedND()
+
+    qwen = cf.FakeModelPatcher(cf.FakeBaseModel(QwenImageTransformer2DModel(), cf.ModelSamplingFlux()))
+    with pytest.raises(P.UnsupportedModelError, match="QwenImageTransformer2DModel.*Flux.1"):
+        promote(qwen)
+    flux2 = cf.flux_patcher(theta=2000, axes_dim=(32, 32, 32, 32))  # Flux.2: the Flux class, 4 axes
+    with pytest.raises(P.UnsupportedModelError, match="4 axes"):
+        promote(flux2)
+
+    class Finetune(cf.Flux):  # subclasses of a supported class are accepted
+        pass
+
+    tuned = cf.FakeModelPatcher(cf.FakeBaseModel(Finetune(), cf.ModelSamplingFlux()))
+    assert isinstance(promote(tuned).get_model_object(P.EMBEDDER_PATH), sharp.RoPEEmbedder)
