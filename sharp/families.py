@@ -32,6 +32,11 @@ class Family:
     comfyui: str              # oldest ComfyUI we verified has this family (of the two we test: 0.3.64, 0.14.1)
     source: str               # where the facts come from
     txt_ids_dims: tuple | None = None  # diffusion_model.params.txt_ids_dims that tells Flux-class models apart
+    latent_px: int = 8        # image px per px of the x the model is called with (VAE downscale; 1 = pixel space)
+    flux_shift: float | None = None  # default mu of the family's ModelSamplingFlux; None: another schedule
+                                     # (ModelSamplingDiscreteFlow, a fixed shift independent of the size)
+    resolution_shift: bool = False   # ComfyUI's size-dependent ModelSamplingFlux node formula (Flux.1's
+                                     # base_shift 0.5 / max_shift 1.15) is this family's own
 
     @property
     def base_len(self) -> float:
@@ -43,49 +48,81 @@ class Family:
         return dict(theta=self.theta, axes_dim=self.axes_dim, base_len=self.base_len,
                     spatial_axes=self.spatial_axes, extent_mode=self.extent_mode, index_axis=self.index_axis)
 
-    def latent_extents(self, latent_h: int, latent_w: int, latent_px: int) -> dict[int, float]:
-        """Extent per spatial axis from a latent of latent_h x latent_w (latent_px image px per latent px),
-        as the family's patchify pads it (ceil)."""
-        per_token = self.px_per_token // latent_px
-        h, w = -(-latent_h // per_token), -(-latent_w // per_token)
+    def latent_extents(self, latent_h: int, latent_w: int, latent_px: int | None = None) -> dict[int, float]:
+        """Extent per spatial axis from a latent of latent_h x latent_w (latent_px image px per latent px,
+        default the family's), as the family's patchify pads it (ceil)."""
+        per_token = self.px_per_token // (self.latent_px if latent_px is None else latent_px)
+        h, w = -(-int(latent_h) // per_token), -(-int(latent_w) // per_token)
         return dict(zip(self.spatial_axes, (float(h), float(w))))
+
+    def extents_from_x(self, x) -> dict[int, float]:
+        """Extents from the x the model is called with: [B, C, H, W] (or [B, C, T, H, W] for Qwen-Image);
+        the last two dims are the latent's height and width."""
+        shape = tuple(x.shape)
+        if len(shape) < 4:
+            raise ValueError(f"{self.name}: expected an image latent [B, C, (T,) H, W], got shape {shape}")
+        return self.latent_extents(shape[-2], shape[-1])
 
 
 FAMILIES = (
     Family("Flux.1", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
-           "comfy/ldm/flux/model.py Flux.process_img: ids (index, row, col), text all 0; "
-           "model_detection.py: axes [16,56,56], theta 10000, patch 2 on the /8 VAE latent. "
-           "Covers dev, schnell, Krea, Fill, Kontext (reference images: index >= 1).", ()),
+           "comfy/ldm/flux/model.py Flux.process_img: ids (index, row, col), h_len = (h + 1) // 2 = ceil on the "
+           "padded latent; text ids all 0 (txt_ids_dims []). model_detection.py: axes [16,56,56], theta 10000, "
+           "patch 2 on the /8 VAE latent (latent_formats.Flux). Kontext references: index 1 ('offset'), or "
+           "index 0 with row/col offsets past the image ('uxo'), so the promotion reads extents from the latent. "
+           "supported_models.Flux: ModelSamplingFlux, default shift 1.15. Covers dev, schnell, Krea, Fill, Kontext.",
+           (), latent_px=8, flux_shift=1.15, resolution_shift=True),
     Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.14.1",
-           "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1 on "
-           "the /16 latent, txt_ids_dims [3] (text positions on axis 3 only), references at index 10, 20...",
-           (3,)),
+           "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1, "
+           "txt_ids_dims [3] (text positions on axis 3 only; image tokens 0 there), references by 'index' at "
+           "10, 20... (ref_index_scale 10). latent_formats.Flux2: 128 channels at /16 (the 2x2 patchify is "
+           "in the latent), so 16 px per position as Flux.1. supported_models.Flux2: ModelSamplingFlux, shift 2.02.",
+           (3,), latent_px=16, flux_shift=2.02),
     Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "latent", 1024, 16,
            "0.14.1",
-           "model_detection.py (yak_mlp + txt_norm): txt_ids_dims [1, 2], text positions lie on the spatial "
-           "axes, so the extent comes from the latent, not from max(ids).", (1, 2)),
+           "model_detection.py (yak_mlp + txt_norm): the Flux class with txt_ids_dims [1, 2]: text positions "
+           "0..n-1 lie on both spatial axes at image index 0, so the extent comes from the latent, not from "
+           "max(ids). Flux.1 latent, patch and schedule (supported_models.Flux).",
+           (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True),
     Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
-           "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; ids as Flux.process_img."),
+           "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; img ids (0, row, col) with h_len = "
+           "ceil(h / 2), text all 0. supported_models.Chroma: Flux latent, ModelSamplingFlux (default 1.15).",
+           latent_px=8, flux_shift=1.15, resolution_shift=True),
     Family("Chroma Radiance", ("ChromaRadiance",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids",
            1024, 16, "0.3.64",
-           "comfy/ldm/chroma_radiance/model.py: pixel space, patch 16 px; embedder and ids as Chroma."),
+           "comfy/ldm/chroma_radiance/model.py: pixel space (the model is called with the [B, 3, H, W] image), "
+           "patch 16 px (model_detection reads img_in_patch; 16 in released checkpoints), h_len = padded h // 16; "
+           "embedder and ids as Chroma.",
+           latent_px=1, flux_shift=1.15, resolution_shift=True),
     Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
            "ids", 1328, 16, "0.3.64",
-           "comfy/ldm/qwen_image/model.py process_img: positions centred (- h_len // 2); text ids at "
-           "txt_start + k on all three axes (index axis != 0, so they do not count); trained at 1328 px."),
+           "comfy/ldm/qwen_image/model.py process_img: x is [B, C, T, H, W] (Wan 2.1 latent, /8), patch 2, "
+           "positions centred (- h_len // 2); text ids at txt_start + k on all three axes (index axis != 0, so "
+           "they do not count); references at index 1, 2... (or -1, -2...). Trained at 1328 px (Qwen-Image's 1:1 "
+           "size). supported_models.QwenImage: ModelSamplingFlux, shift 1.15.",
+           latent_px=8, flux_shift=1.15),
     Family("Z-Image", ("NextDiT",), "rope_embedder", (32, 48, 48), 256.0, (1, 2), None, "max", "latent", 1024, 16,
            "0.14.1",
-           "comfy/ldm/lumina/model.py NextDiT: caption and image ids embedded in separate calls; image "
-           "axis 0 = caption length + 1; output .movedim(1, 2) by the model. model_detection.py: axes_dims "
-           "[32,48,48], rope_theta 256."),
+           "comfy/ldm/lumina/model.py NextDiT.embed_all: caption and image ids embedded in separate calls; image "
+           "ids (caption length padded to 32 + 1, row, col) via pos_ids_x, then padded with (0, 0, 0) rows to a "
+           "multiple of 32 tokens; the model calls .movedim(1, 2) on the output. Flux latent (/8), patch 2 on the "
+           "padded latent. model_detection.py (dim 3840): axes_dims [32,48,48], rope_theta 256. "
+           "supported_models.ZImage: ModelSamplingDiscreteFlow, shift 3 (fixed at every size).",
+           latent_px=8),
     Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
            "0.3.64",
-           "comfy/ldm/lumina/model.py NextDiT as Z-Image; model_detection.py: axes_dims [32,32,32], "
-           "rope_theta 10000."),
+           "comfy/ldm/lumina/model.py NextDiT as Z-Image (0.3.64: caption and image ids in one call, image axis 0 = "
+           "caption length, theta fixed at 10000); model_detection.py (dim 2304): axes_dims [32,32,32], "
+           "rope_theta 10000. supported_models.Lumina2: ModelSamplingDiscreteFlow, shift 6.",
+           latent_px=8),
     Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), None, "max", "ids", 2048,
            32, "0.3.64",
-           "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text all 0; model_detection.py: "
-           "2-D patch -> axes [64, 64], theta 256; 32x VAE, patch 1; trained at 2048 px."),
+           "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text (and byT5) ids all 0; "
+           "model_detection.py: 2-D patch_size from img_in ([1, 1]) -> axes [64, 64], theta 256; "
+           "latent_formats.HunyuanImage21: 64 channels at /32, so 32 px per position; trained at 2048 px. "
+           "supported_models.HunyuanImage21: ModelSamplingDiscreteFlow, shift 5. (HunyuanVideo itself has 3 axes, "
+           "theta 256, and matches no row.)",
+           latent_px=32),
 )
 
 NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "

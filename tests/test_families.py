@@ -177,3 +177,40 @@ def test_latent_extents_follow_each_family_patchify():
     assert family("Flux.1").latent_extents(255, 128, 8) == {1: 128.0, 2: 64.0}  # /8 latent, 2x2 patches, padded
     assert family("HunyuanImage 2.1").latent_extents(64, 80, 32) == {0: 64.0, 1: 80.0}
     assert family("Qwen-Image").base_len == 83.0
+
+
+def test_latent_extents_per_family_latent_and_patch():
+    # Flux.2: the /16 latent is already patchified (patch 1): one position per latent px
+    assert family("Flux.2").latent_extents(64, 48) == {1: 64.0, 2: 48.0}
+    # Chroma Radiance: called with the image itself, 16 px patches, padded up
+    assert family("Chroma Radiance").latent_extents(1030, 512) == {1: 65.0, 2: 32.0}
+    # Z-Image / Lumina 2: /8 latent, 2x2 patches on the padded latent
+    assert family("Z-Image").latent_extents(129, 64) == {1: 65.0, 2: 32.0}
+    # Qwen-Image is called with [B, C, T, H, W]
+    assert family("Qwen-Image").extents_from_x(torch.zeros(1, 16, 1, 166, 100)) == {1: 83.0, 2: 50.0}
+    assert family("HunyuanImage 2.1").extents_from_x(torch.zeros(1, 64, 64, 96)) == {0: 64.0, 1: 96.0}
+    with pytest.raises(ValueError, match="image latent"):
+        family("Flux.1").extents_from_x(torch.zeros(2, 16))
+
+
+def test_schedule_facts():
+    # ModelSamplingFlux families carry their ComfyUI default shift; flow families (fixed shift) none
+    shifts = {f.name: f.flux_shift for f in FAMILIES}
+    assert shifts["Flux.1"] == 1.15 and shifts["Flux.2"] == 2.02 and shifts["Qwen-Image"] == 1.15
+    assert shifts["Z-Image"] is shifts["Lumina 2"] is shifts["HunyuanImage 2.1"] is None
+    assert {f.name for f in FAMILIES if f.resolution_shift} == {"Flux.1", "Ovis-Image", "Chroma", "Chroma Radiance"}
+
+
+def test_kontext_uxo_reference_counts_in_ids_but_not_in_latent_extents():
+    # Flux Kontext ref_latents_method "uxo": reference tokens at image index 0, rows/cols offset past the
+    # image (comfy/ldm/flux/model.py), so the ids rule sees a larger image than the one generated
+    f = family("Flux.1")
+    h, w, rh, rw = 80, 70, 40, 40
+    ids = family_ids(f.name, h, w)
+    r, c = grid(rh, rw)
+    ref = torch.stack([torch.zeros(r.numel()), r + h, c + w], -1)[None]
+    ids = torch.cat([ids, ref], 1)
+    emb = families.build_embedder(f, "sharp")
+    assert emb.axis_extents(ids) == {1: h + rh, 2: w + rw}  # the library default (ids) counts the reference
+    emb.set_extents(f.latent_extents(2 * h, 2 * w))
+    assert emb.axis_extents(ids) == {1: h, 2: w}
