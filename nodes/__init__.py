@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .dsdit import DSDiTReferenceSR, LoadDSDiT
 from .loader import LoadRSFlux
 from .resolution import ResolutionPromotion
 from .schedule_preview import SchedulePreview
 from .spectrum import SpectrumAnalysis
 
-NODES: list[type[io.ComfyNode]] = [ResolutionPromotion, LoadRSFlux, SpectrumAnalysis, SchedulePreview]
+NODES: list[type[io.ComfyNode]] = [ResolutionPromotion, LoadRSFlux, SpectrumAnalysis, SchedulePreview, LoadDSDiT,
+                                   DSDiTReferenceSR]
 
 
 class SharpExtension(ComfyExtension):

@@ -20,7 +20,7 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "comfyui_sharp_fake_env"
 FAKED = ("comfy_api", "comfy_api.latest", "comfy", "comfy.model_sampling", "comfy.patcher_extension", "comfy.sd",
-         "folder_paths")
+         "comfy.utils", "comfy.model_management", "folder_paths")
 
 
 # --- comfy_api.latest.io ---------------------------------------------------------------------------
@@ -52,9 +52,15 @@ def _io_type(name, widget=False):
 
 class Schema:
     def __init__(self, node_id, display_name=None, category="sd", inputs=None, outputs=None, description="",
-                 **kw):
+                 hidden=None, **kw):
         self.node_id, self.display_name, self.category = node_id, display_name, category
         self.inputs, self.outputs, self.description = inputs or [], outputs or [], description
+        self.hidden = hidden or []
+
+
+class Hidden:
+    unique_id = "UNIQUE_ID"
+    prompt = "PROMPT"
 
 
 class NodeOutput:
@@ -71,7 +77,8 @@ class ComfyNode:
 
 def _make_io():
     io = types.ModuleType("comfy_api.latest.io")
-    io.Schema, io.NodeOutput, io.ComfyNode = Schema, NodeOutput, ComfyNode
+    io.Schema, io.NodeOutput, io.ComfyNode, io.Hidden = Schema, NodeOutput, ComfyNode, Hidden
+    io.Custom = lambda name: _io_type(name)
     for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning"):
         setattr(io, name, _io_type(name.upper()))
     for name in ("Int", "Float", "String", "Boolean", "Combo"):
@@ -130,11 +137,80 @@ class FakeSD:
 
 
 class FolderPaths:
+    """folder_paths.folder_names_and_paths is `roots` plus extensions (as ComfyUI's: {key: (paths, exts)})."""
+
     roots: dict[str, list[str]] = {"diffusion_models": [], "embeddings": []}
+    extensions: dict[str, set] = {}
+    models_dir = os.path.join(os.sep, "nonexistent", "comfyui", "models")
 
     @classmethod
     def get_folder_paths(cls, key):
         return list(cls.roots.get(key, []))
+
+    @classmethod
+    def get_filename_list(cls, key):
+        exts = cls.extensions.get(key) or set()
+        out = set()
+        for root in cls.roots.get(key, []):
+            for dirpath, _, files in os.walk(root):
+                for f in files:
+                    if not exts or os.path.splitext(f)[1].lower() in exts:
+                        out.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+        return sorted(out)
+
+    @classmethod
+    def get_full_path(cls, key, filename):
+        filename = os.path.relpath(os.path.join("/", filename), "/")
+        for root in cls.roots.get(key, []):
+            if os.path.isfile(os.path.join(root, filename)):
+                return os.path.join(root, filename)
+        return None
+
+
+class _NamesAndPaths(dict):
+    """A live view of FolderPaths.roots/extensions shaped like folder_paths.folder_names_and_paths."""
+
+    def __contains__(self, key):
+        return key in FolderPaths.roots
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __getitem__(self, key):
+        return FolderPaths.roots[key], FolderPaths.extensions.get(key, set())
+
+    def __setitem__(self, key, value):
+        FolderPaths.roots[key], FolderPaths.extensions[key] = list(value[0]), set(value[1])
+
+
+class ProgressBar:
+    """comfy.utils.ProgressBar; every instance's updates are recorded in `ProgressBar.updates`."""
+
+    updates: list = []
+
+    def __init__(self, total, node_id=None):
+        self.total, self.current = total, 0
+
+    def update_absolute(self, value, total=None, preview=None):
+        if total is not None:
+            self.total = total
+        self.current = min(value, self.total)
+        ProgressBar.updates.append((self.current, self.total))
+
+
+class InterruptProcessingException(Exception):
+    pass
+
+
+class ModelManagement:
+    interrupt_after: int | None = None  # raise at the n-th interruption check (None: never)
+    checks = 0
+
+    @classmethod
+    def throw_exception_if_processing_interrupted(cls):
+        cls.checks += 1
+        if cls.interrupt_after is not None and cls.checks >= cls.interrupt_after:
+            raise InterruptProcessingException()
 
 
 def _modules() -> dict[str, types.ModuleType]:
@@ -152,11 +228,21 @@ def _modules() -> dict[str, types.ModuleType]:
     for name in ("CLIPType", "load_diffusion_model_state_dict", "load_text_encoder_state_dicts", "VAE"):
         setattr(sd, name, getattr(FakeSD, name))
     comfy.model_sampling, comfy.patcher_extension, comfy.sd = ms, pe, sd
+    utils = types.ModuleType("comfy.utils")
+    utils.ProgressBar = ProgressBar
+    mm = types.ModuleType("comfy.model_management")
+    mm.InterruptProcessingException = InterruptProcessingException
+    mm.throw_exception_if_processing_interrupted = ModelManagement.throw_exception_if_processing_interrupted
+    mm.get_torch_device = lambda: "cpu"
+    comfy.utils, comfy.model_management = utils, mm
     fp = types.ModuleType("folder_paths")
     fp.get_folder_paths = FolderPaths.get_folder_paths
+    fp.get_filename_list, fp.get_full_path = FolderPaths.get_filename_list, FolderPaths.get_full_path
+    fp.models_dir, fp.folder_names_and_paths = FolderPaths.models_dir, _NamesAndPaths()
     # mark every fake as a package-less module with a spec so importlib.util.find_spec works
     mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
-            "comfy.patcher_extension": pe, "comfy.sd": sd, "folder_paths": fp}
+            "comfy.patcher_extension": pe, "comfy.sd": sd, "comfy.utils": utils, "comfy.model_management": mm,
+            "folder_paths": fp}
     for name, mod in mods.items():
         mod.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=name in ("comfy_api", "comfy"))
     return mods
@@ -199,6 +285,8 @@ def object_info(node_cls) -> dict:
         sec = "optional" if inp.optional else "required"
         opts = {k: v for k, v in (("default", inp.default), ("min", inp.min), ("max", inp.max),
                                   ("tooltip", inp.tooltip)) if v is not None}
+        if inp.extra.get("control_after_generate"):
+            opts["control_after_generate"] = True
         typ = list(inp.options) if inp.io_type == "COMBO" else inp.io_type
         info["input"][sec][inp.id] = [typ, opts]
         info["input_order"][sec].append(inp.id)
@@ -235,4 +323,7 @@ CORE_OBJECT_INFO = {
                           ("spacing_width", "INT"), ("spacing_color", "COMBO")], ["IMAGE"],
                          optional=[("image2", "IMAGE")]),
     "PreviewAny": _core([("source", "*")], []),
+    # image: the files of ComfyUI's input folder (left open); the upload button adds a widget value
+    "LoadImage": _core([("image", "COMBO", {"image_upload": True})], ["IMAGE", "MASK"]),
+    "ImageScaleBy": _core([("image", "IMAGE"), ("upscale_method", "COMBO"), ("scale_by", "FLOAT")], ["IMAGE"]),
 }

@@ -19,7 +19,8 @@ import workflow_check as W
 from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
 
 ROOT = fake.ROOT
-NODE_IDS = {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview"}
+NODE_IDS = {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
+            "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR"}
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,8 @@ def _workflows():
 
 def test_workflows_listed():
     names = {os.path.basename(f)[:-5] for f in _workflows()}
-    assert {"rsflux_sharp_2048", "rsflux_sharp_3756x2560", "method_comparison", "multiscale_sweep"} <= names
+    assert {"rsflux_sharp_2048", "rsflux_sharp_3756x2560", "method_comparison", "multiscale_sweep",
+            "dsdit_refsr_x4"} <= names
     for f in _workflows():
         assert os.path.isfile(os.path.join(ROOT, "workflows", "api", os.path.basename(f))), f"{f} has no API twin"
 
@@ -206,6 +208,9 @@ def test_workflow_valid(path, object_info):
     problems = (W.check_ui(ui, object_info, path) + W.check_twin(ui, api, object_info, path)
                 + W.check_api(api, object_info, path, skip_value_of=("SHARPLoadRSFlux.folder",)))
     assert problems == []
+    if "dsdit" in os.path.basename(path):  # DS-DiT: the shipped checkpoint, no download (test_dsdit_nodes.py)
+        assert any(n["type"] == "SHARPLoadDSDiT" for n in ui["nodes"])
+        return
     loaders = [n for n in ui["nodes"] if n["type"] == "SHARPLoadRSFlux"]
     assert loaders and all(m["url"].startswith("https://huggingface.co/") for n in loaders
                            for m in n["properties"]["models"])

@@ -29,6 +29,12 @@ def ordered_inputs(info: dict) -> list[tuple[str, str, bool, dict, bool]]:
     return out
 
 
+def extra_widget_values(opts: dict) -> int:
+    """UI-only values saved after a widget's own: the seed's "control after generate" mode, and the
+    upload button of an image combo (LoadImage saves [file, "image"])."""
+    return int(bool(opts.get("control_after_generate"))) + int(bool(opts.get("image_upload")))
+
+
 def _compatible(out_type: str, in_type: str) -> bool:
     if "*" in (out_type, in_type):
         return True
@@ -50,7 +56,7 @@ def check_ui(wf: dict, object_info: dict, name: str = "workflow") -> list[str]:
         spec = {n: (typ, w, o, r) for n, typ, w, o, r in ordered_inputs(info)}
         linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
         widgets = [(n, o) for n, typ, w, o, r in ordered_inputs(info) if w and n not in linked]
-        expected = sum(2 if o.get("control_after_generate") else 1 for _, o in widgets)
+        expected = sum(1 + extra_widget_values(o) for _, o in widgets)
         values = node.get("widgets_values", [])
         if len(values) != expected:
             problems.append(f"{name}: node {nid} ({t}) has {len(values)} widget values, its schema {expected}")
@@ -173,8 +179,9 @@ def check_twin(ui: dict, api: dict, object_info: dict, name: str = "workflow") -
         for n, typ, is_widget, opts, _ in ordered_inputs(object_info[node["type"]]):
             if is_widget and n not in linked and values:
                 expect[n] = values.pop(0)
-                if opts.get("control_after_generate") and values:
-                    values.pop(0)
+                for _ in range(extra_widget_values(opts)):
+                    if values:
+                        values.pop(0)
         if expect != api[nid]["inputs"]:
             problems.append(f"{name}: node {nid} ({node['type']}) inputs differ: UI {expect} vs API {api[nid]['inputs']}")
     return problems

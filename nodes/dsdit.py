@@ -1,0 +1,225 @@
+"""Nodes "Load DS-DiT" (-> DSDIT) and "DS-DiT Reference SR" (LR + Ref IMAGE -> SR IMAGE).
+
+Thin wrappers: loading, validation, tiling and sampling are `sharp.refsr` (docs/dsdit.md). Here only
+what is ComfyUI's: the `models/dsdit` folder (folder_paths, so extra_model_paths.yaml works), the
+device, the progress bar, interruption, and wrapping a ComfyUI VAE as the library's LatentCodec.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from sharp.refsr import DEFAULT_CHECKPOINT, CallableVAE, load_dsdit, super_resolve
+
+from ._compat import advanced
+
+log = logging.getLogger(__name__)
+
+FOLDER_KEY = "dsdit"
+EXTENSIONS = {".safetensors"}
+SHIPPED = f"{DEFAULT_CHECKPOINT.name} (shipped with SHARP)"
+SCALES = [2, 4, 8]
+DSDIT = io.Custom("DSDIT")
+
+
+def register_model_folder() -> None:
+    """models/dsdit as a ComfyUI model folder, safetensors only; keeps paths that an
+    extra_model_paths.yaml (read before custom nodes load) already added under "dsdit"."""
+    default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
+    known = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
+    paths = list(known[0]) if known else []
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[FOLDER_KEY] = (paths, set(EXTENSIONS))
+
+
+register_model_folder()
+
+
+def checkpoint_choices() -> list[str]:
+    return [SHIPPED] + [n for n in folder_paths.get_filename_list(FOLDER_KEY) if n != SHIPPED]
+
+
+def resolve_checkpoint(ckpt_name: str, path: str = "") -> str:
+    """The file to load: `path` when given (absolute .safetensors), else `ckpt_name` from models/dsdit."""
+    path = (path or "").strip()
+    if path:
+        path = os.path.expanduser(path)
+        if not os.path.isabs(path):
+            raise ValueError(f"path must be an absolute path to a .safetensors file, got {path!r} "
+                             f"(or leave it empty and pick ckpt_name from models/{FOLDER_KEY})")
+        if not path.lower().endswith(".safetensors"):
+            raise ValueError(f"{path}: DS-DiT loads only .safetensors checkpoints")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"DS-DiT checkpoint not found: {path}")
+        return path
+    if ckpt_name == SHIPPED:
+        return str(DEFAULT_CHECKPOINT)
+    full = folder_paths.get_full_path(FOLDER_KEY, ckpt_name)
+    if full is None:
+        roots = ", ".join(folder_paths.get_folder_paths(FOLDER_KEY)) or "no folders"
+        raise FileNotFoundError(f"no DS-DiT checkpoint {ckpt_name!r} in models/{FOLDER_KEY} ({roots}); "
+                                "put the .safetensors file there and refresh")
+    return full
+
+
+class LoadDSDiT(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SHARPLoadDSDiT",
+            display_name="Load DS-DiT",
+            category="SHARP/DS-DiT",
+            description=(
+                "Loads a DS-DiT reference-based super-resolution checkpoint (safetensors only; its config is "
+                "read from the file's metadata and validated) from models/dsdit, from an absolute path, or "
+                "the small CPU-trained demonstration model shipped with SHARP."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name", options=checkpoint_choices(), default=SHIPPED,
+                    tooltip=f"A .safetensors file in models/{FOLDER_KEY} (or an extra_model_paths.yaml "
+                            f"'{FOLDER_KEY}' path), or '{SHIPPED}': the small demonstration model in the pack.",
+                ),
+                io.String.Input(
+                    "path", default="", multiline=False,
+                    tooltip="Optional absolute path to a DS-DiT .safetensors checkpoint; when set it is "
+                            "loaded instead of ckpt_name.",
+                ),
+            ],
+            outputs=[DSDIT.Output(display_name="DSDIT", tooltip="The DS-DiT network, for 'DS-DiT Reference SR'.")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name, path="") -> io.NodeOutput:
+        file = resolve_checkpoint(ckpt_name, path)
+        model = load_dsdit(file, device="cpu")
+        log.info("DS-DiT %s: %s space, x%d, %d parameters", os.path.basename(file), model.cfg.space,
+                 model.cfg.scale, sum(p.numel() for p in model.parameters()))
+        return io.NodeOutput(model)
+
+
+def comfy_vae_codec(vae, device) -> CallableVAE:
+    """A ComfyUI VAE (images [B, H, W, 3] <-> latents) as the library's LatentCodec."""
+    channels = getattr(vae, "latent_channels", None)
+    ratio = getattr(vae, "downscale_ratio", None)
+    if not isinstance(channels, int) or not isinstance(ratio, int):
+        raise ValueError(f"the VAE must be an image VAE with an integer downscale (got latent_channels="
+                         f"{channels!r}, downscale_ratio={ratio!r}); video/audio VAEs are not supported")
+    return CallableVAE.channels_last(lambda im: vae.encode(im).to(device),
+                                     lambda z: vae.decode(z).to(device), channels, ratio)
+
+
+def _show_on_node(text: str, node_id) -> None:
+    """Best effort: the text under the node in the UI (ComfyUI >= 0.3.4x); it is logged anyway."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # no server (in-process use) or an older ComfyUI
+        pass
+
+
+class DSDiTReferenceSR(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SHARPDSDiTReferenceSR",
+            display_name="DS-DiT Reference SR",
+            category="SHARP/DS-DiT",
+            description=(
+                "Reference-based super-resolution of a remote-sensing image: the LR image is upscaled by "
+                "scale with texture taken from an HR reference of the same place (another date), by DS-DiT "
+                "(decoupled Siamese diffusion transformer), in overlapping tiles so large scenes fit in memory."
+            ),
+            inputs=[
+                DSDIT.Input("model", tooltip="The DS-DiT network from 'Load DS-DiT'."),
+                io.Image.Input("lr", tooltip="Low-resolution RGB image(s) to super-resolve."),
+                io.Image.Input(
+                    "ref",
+                    tooltip="High-resolution RGB reference of the same place (scale x the LR size; other sizes "
+                            "are resized with a warning). One per LR image.",
+                ),
+                io.Combo.Input("scale", options=list(SCALES), default=4,
+                               tooltip="Upscaling factor: the output is scale x the LR size."),
+                io.Int.Input("steps", default=20, min=1, max=200,
+                             tooltip="Euler steps of the flow sampler per tile."),
+                io.Float.Input(
+                    "guidance", default=1.0, min=0.0, max=10.0, step=0.05,
+                    tooltip="Autoguidance g: v = v_noRef + g (v_Ref - v_noRef). 1 disables it (one pass per "
+                            "step); > 1 leans harder on the Ref (two passes per step); 0 ignores the Ref.",
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Noise seed. Has no effect at temperature 0 (the shipped model's default).",
+                ),
+                io.Int.Input("tile_size", default=512, min=32, max=8192, step=16,
+                             tooltip="Tile size in output pixels; peak memory depends on this, not on the "
+                                     "image size. Rounded to the model's token size."),
+                io.Int.Input("overlap", default=64, min=0, max=1024, step=8,
+                             tooltip="Overlap of neighbouring tiles in output pixels, blended smoothly."),
+                io.Float.Input(
+                    "temperature", default=-1.0, min=-1.0, max=2.0, step=0.05,
+                    tooltip="Initial-noise scale; -1 = the checkpoint's default (0 for the shipped model: "
+                            "deterministic, PSNR-oriented). 1 gives textured samples.",
+                    **advanced(),
+                ),
+                io.Boolean.Input(
+                    "register_ref", default=True,
+                    tooltip="Coarse registration of the Ref to the LR (global shift + colour matching) "
+                            "before sampling.",
+                    **advanced(),
+                ),
+                io.Vae.Input(
+                    "vae", optional=True,
+                    tooltip="Only for latent-space DS-DiT checkpoints: the VAE they were trained with. "
+                            "Pixel-space checkpoints (like the shipped one) ignore it.",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The super-resolved image(s).")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, lr, ref, scale=4, steps=20, guidance=1.0, seed=0, tile_size=512, overlap=64,
+                temperature=-1.0, register_ref=True, vae=None) -> io.NodeOutput:
+        if int(scale) not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
+        device = comfy.model_management.get_torch_device()
+        codec = None
+        if model.cfg.space == "latent":
+            if vae is None:
+                raise ValueError("this DS-DiT checkpoint works in a VAE latent space: connect the VAE it was "
+                                 "trained with to the vae input")
+            codec = comfy_vae_codec(vae, device)
+        elif vae is not None:
+            log.warning("DS-DiT: pixel-space checkpoint, the connected VAE is not used")
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar = comfy.utils.ProgressBar(1)
+
+        def progress(done, total):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
+
+        model.to(device)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=float(guidance),
+                                    seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
+                                    progress=progress, register=bool(register_ref),
+                                    temperature=None if temperature < 0 else float(temperature))
+        finally:
+            model.to("cpu")
+        for w in caught:  # the library also logs them
+            _show_on_node(f"warning: {w.message}", node_id)
+        return io.NodeOutput(out.float().cpu())
