@@ -29,13 +29,14 @@ DSDIT = io.Custom("DSDIT")
 
 
 def register_model_folder() -> None:
-    """models/dsdit as a ComfyUI model folder, safetensors only; keeps paths that an
-    extra_model_paths.yaml (read before custom nodes load) already added under "dsdit"."""
+    """models/dsdit as a ComfyUI model folder, safetensors only. Paths that an extra_model_paths.yaml
+    (read before custom nodes load) already added under "dsdit" are kept, in their order (its
+    is_default puts one first); models/dsdit comes after them."""
     default = os.path.join(folder_paths.models_dir, FOLDER_KEY)
     known = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
     paths = list(known[0]) if known else []
     if default not in paths:
-        paths.insert(0, default)
+        paths.append(default)
     folder_paths.folder_names_and_paths[FOLDER_KEY] = (paths, set(EXTENSIONS))
 
 
