@@ -12,7 +12,8 @@ from ._compat import advanced
 
 
 def _flux_sampling_factory(model):
-    """New Flux noise schedules for `model` (as ComfyUI's ModelSamplingFlux node builds them)."""
+    """New Flux noise schedules for `model` (as ComfyUI's ModelSamplingFlux node builds them); only
+    called for families sampled with ModelSamplingFlux."""
 
     class ModelSamplingAdvanced(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
         pass
@@ -34,13 +35,16 @@ class ResolutionPromotion(io.ComfyNode):
             display_name="SHARP Resolution Promotion",
             category="SHARP/model patches",
             description=(
-                "Generate above the training resolution with a Flux-family model: replaces the model's "
-                "RoPE with SHARP's per-step promoted frequencies (or a baseline). The image size is read "
-                "from the latent at run time, so one node serves every size. Returns a patched copy; "
-                "the input model is not changed."
+                "Generate above the training resolution with a multi-axis RoPE DiT (Flux.1/2, Ovis-Image, "
+                "Chroma, Chroma Radiance, Qwen-Image, Z-Image, Lumina 2, HunyuanImage 2.1; detected "
+                "automatically): replaces the model's RoPE with SHARP's per-step promoted frequencies (or a "
+                "baseline). The image size is read from the latent at run time, so one node serves every "
+                "size. Returns a patched copy; the input model is not changed."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="A Flux-family model (Flux.1 dev/schnell/Krea/Kontext/Fill, Chroma, RS-FLUX)."),
+                io.Model.Input("model", tooltip="A multi-axis RoPE DiT: Flux.1 (dev/schnell/Krea/Kontext/Fill, RS-FLUX), "
+                                               "Flux.2, Ovis-Image, Chroma, Chroma Radiance, Qwen-Image, Z-Image, "
+                                               "Lumina 2 or HunyuanImage 2.1. SD1.5/SDXL/SD3 have no RoPE to promote."),
                 io.Combo.Input(
                     "method", options=list(promotion.METHOD_CHOICES), default="sharp",
                     tooltip=(
@@ -50,9 +54,10 @@ class ResolutionPromotion(io.ComfyNode):
                     ),
                 ),
                 io.Int.Input(
-                    "base_resolution", default=1024, min=256, max=4096, step=16,
-                    tooltip="Training resolution of the model in pixels (Flux.1 and RS-FLUX: 1024). Axes at or "
-                            "below it are left exactly as stock RoPE.",
+                    "base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
+                    tooltip="Training resolution of the model in pixels; 0 = the detected family's own (Flux.1, "
+                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2: 1024; Qwen-Image: 1328; HunyuanImage "
+                            "2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
                 ),
                 io.Float.Input(
                     "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
@@ -62,9 +67,11 @@ class ResolutionPromotion(io.ComfyNode):
                 io.Combo.Input(
                     "noise_shift", options=list(promotion.NOISE_SHIFTS), default="sharp",
                     tooltip=(
-                        f"sharp: Flux's noise shift fixed at mu = {FLUX_SHIFT_MU} at every size (as the SHARP "
-                        "authors sample). resolution: ComfyUI's width/height-dependent Flux shift, size read "
-                        "from the latent. keep: leave the model's schedule (e.g. from ModelSamplingFlux) alone."
+                        f"sharp: the family's fixed noise shift at every size (Flux.1, Chroma, Ovis, Qwen-Image: "
+                        f"mu = {FLUX_SHIFT_MU}, as the SHARP authors sample; Flux.2: 2.02; Z-Image, Lumina 2 and "
+                        "HunyuanImage 2.1 already use a fixed shift, left as is). resolution: ComfyUI's "
+                        "width/height-dependent Flux.1 shift, size read from the latent (Flux.1, Ovis, Chroma "
+                        "only). keep: leave the model's schedule (e.g. from a ModelSampling node) alone."
                     ),
                 ),
                 io.Float.Input(
@@ -88,16 +95,24 @@ class ResolutionPromotion(io.ComfyNode):
                     "mscale", default=True,
                     tooltip="Attention temperature 1 + 0.1 ln(s) on promoted axes (yarn, dype, sharp only).", **adv,
                 ),
+                io.Combo.Input(
+                    "family", options=list(promotion.FAMILY_CHOICES), default=promotion.AUTO,
+                    tooltip="auto: detect the model family from its class and RoPE embedder (recommended). Pick a "
+                            "family only if detection is wrong, e.g. a fork with other RoPE constants.", **adv,
+                ),
             ],
             outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
         )
 
     @classmethod
-    def execute(cls, model, method="sharp", base_resolution=1024, alpha_s=4.0, noise_shift="sharp",
-                beta_lo=1.25, beta_hi=0.75, gamma_lo=16.0, gamma_hi=2.0, mscale=True) -> io.NodeOutput:
+    def execute(cls, model, method="sharp", base_resolution=promotion.FAMILY_DEFAULT, alpha_s=4.0,
+                noise_shift="sharp", beta_lo=1.25, beta_hi=0.75, gamma_lo=16.0, gamma_hi=2.0, mscale=True,
+                family=promotion.AUTO) -> io.NodeOutput:
+        # `family` is the last input so that workflows saved before it existed keep their widget order
         patched = promotion.promote(
             model, method=method, base_resolution=base_resolution, alpha_s=alpha_s,
             beta=(beta_lo, beta_hi), gamma=(gamma_lo, gamma_hi), mscale=mscale, noise_shift=noise_shift,
+            family=family,
             apply_model_wrapper=comfy.patcher_extension.WrappersMP.APPLY_MODEL,
             outer_sample_wrapper=comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
             make_flux_sampling=_flux_sampling_factory(model),

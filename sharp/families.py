@@ -133,6 +133,14 @@ class UnsupportedModelError(ValueError):
     """No family row matches the model."""
 
 
+def family(name: str) -> Family:
+    """The row named `name` (KeyError naming the rows otherwise)."""
+    for f in FAMILIES:
+        if f.name == name:
+            return f
+    raise KeyError(f"no family {name!r}; rows: {[f.name for f in FAMILIES]}")
+
+
 def supported_families_text() -> str:
     return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
 
@@ -164,10 +172,10 @@ def detect_family(diffusion_model, override: str | None = None) -> Family:
             raise UnsupportedModelError(f"unknown family override {override!r}; choose one of "
                                         f"{[f.name for f in FAMILIES]} or leave it on auto")
         family = matches[0]
-        if family.embedder_attr != attr or family.axes_dim != axes:
+        if family.embedder_attr != attr or len(family.axes_dim) != len(axes):
             raise UnsupportedModelError(
-                f"family override {override!r} expects {family.embedder_attr} with axes_dim {family.axes_dim}, "
-                f"but this {cls} has {attr} with axes_dim {axes}")
+                f"family override {override!r} expects {family.embedder_attr} with {len(family.axes_dim)} axes "
+                f"{family.axes_dim}, but this {cls} has {attr} with axes_dim {axes}")
         return family
     txt_dims = getattr(getattr(diffusion_model, "params", None), "txt_ids_dims", None)
     txt_dims = tuple(txt_dims) if txt_dims is not None else ()
@@ -186,11 +194,20 @@ def detect_family(diffusion_model, override: str | None = None) -> Family:
         "family override input.")
 
 
-def build_embedder(family: Family, method: str = "sharp", base_resolution: int | None = None, **params):
-    """A `sharp.RoPEEmbedder` for this family (base_resolution overrides the family's training grid)."""
+def build_embedder(family: Family, method: str = "sharp", base_resolution: int | None = None,
+                   theta: float | None = None, axes_dim=None, **params):
+    """A `sharp.RoPEEmbedder` for this family (base_resolution overrides the family's training grid;
+    theta / axes_dim, the model's own embedder constants, override the row's: a fine-tune or a family
+    picked by override keeps its own frequencies, with the row's layout)."""
     from sharp.embedder import RoPEEmbedder
 
     kwargs = family.embedder_kwargs()
+    if theta is not None:
+        kwargs["theta"] = float(theta)
+    if axes_dim is not None:
+        if len(axes_dim) != len(family.axes_dim):
+            raise UnsupportedModelError(f"{family.name} has {len(family.axes_dim)} RoPE axes, got axes_dim {axes_dim}")
+        kwargs["axes_dim"] = tuple(int(d) for d in axes_dim)
     if base_resolution is not None:
         kwargs["base_len"] = rope.base_len_from_resolution(base_resolution, family.px_per_token)
     return RoPEEmbedder(method=method, **kwargs, **params)

@@ -7,17 +7,25 @@ and a factory for a Flux noise-shift object, so this module stays importable (an
 without ComfyUI.
 
 What a promoted clone does:
-- its `diffusion_model.pe_embedder` is a fresh `sharp.RoPEEmbedder` (one instance per clone, so two
-  promoted clones never share a time or an extent) built from the original embedder's theta and
-  axes_dim; the original model object is never modified (object patches are applied while the
-  clone is loaded and reverted afterwards);
-- an APPLY_MODEL wrapper (key "sharp", composable with other packs' wrappers) sets the embedder's
-  time each model call from the sampler's sigma: t = sigma / sigma_max (1 = pure noise), so it
-  follows every sampler, scheduler and custom sigma list;
-- the noise shift: "sharp" fixes Flux's shift at mu = 1.15 at every size (the authors' pipeline);
-  "resolution" applies ComfyUI's width/height-dependent Flux shift, with the size read from the
-  latent at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); "keep" leaves the
-  model's noise schedule alone.
+- the model's family is detected (`sharp.families.detect_family`: class, embedder attribute, theta,
+  axes_dim; or named by an override), and its own multi-axis RoPE embedder
+  (`diffusion_model.<family.embedder_attr>`: `pe_embedder`, or `rope_embedder` for Lumina 2 / Z-Image)
+  is replaced by a fresh `sharp.RoPEEmbedder` built from the family row (one instance per clone, so two
+  promoted clones never share a time or an extent); the original model object is never modified
+  (object patches are applied while the clone is loaded and reverted afterwards);
+- an APPLY_MODEL wrapper (key "sharp", composable with other packs' wrappers) sets, each model call,
+  the embedder's time from the sampler's sigma, t = sigma / sigma_max (1 = pure noise), so it follows
+  every sampler, scheduler and custom sigma list; and the extent of each spatial axis from the latent
+  x the model is called with (`Family.extents_from_x`), so text or reference tokens that sit on the
+  spatial axes (Ovis-Image text, Flux Kontext "uxo" references) never count, and models that embed
+  caption and image in separate calls (Lumina 2, Z-Image) rotate both with one scale;
+- the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (Flux.1, Chroma,
+  Ovis-Image, Qwen-Image: mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux;
+  families sampled with ModelSamplingDiscreteFlow (Lumina 2, Z-Image, HunyuanImage 2.1) already have a
+  fixed, size-independent shift, which "sharp" leaves as it is. "resolution" applies ComfyUI's
+  width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
+  at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
+  belongs to. "keep" leaves the model's noise schedule alone.
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ from collections.abc import Callable
 import torch
 
 import sharp
+from sharp import families
+from sharp.families import UnsupportedModelError  # noqa: F401  (re-exported: the node's error type)
 from sharp.rope import METHODS
 from sharp.schedule import FLUX_SHIFT_MU, flux_resolution_mu
 
@@ -34,6 +44,7 @@ PATCH_KEY = "sharp"
 """Key of our wrappers (ComfyUI's `add_wrapper_with_key`)."""
 
 EMBEDDER_PATH = "diffusion_model.pe_embedder"
+"""The Flux-style families' embedder path (see `embedder_path` for any family)."""
 SAMPLING_PATH = "model_sampling"
 
 METHOD_CHOICES = ("sharp", "dype", "yarn", "dy-ntk", "ntk", "pi", "base")
@@ -42,64 +53,42 @@ assert set(METHOD_CHOICES) == set(METHODS)
 
 NOISE_SHIFTS = ("sharp", "resolution", "keep")
 
-SUPPORTED_FAMILIES = (
-    "Flux.1 (dev, schnell, Krea, Kontext, Fill, and fine-tunes such as RS-FLUX), Chroma and Chroma Radiance: "
-    "DiTs whose `diffusion_model.pe_embedder` is a Flux-style EmbedND over (image index, row, column)"
-)
+AUTO = "auto"
+FAMILY_CHOICES = (AUTO,) + tuple(f.name for f in families.FAMILIES)
+"""The node's family override: auto-detect (default) or a family row's name."""
 
-SUPPORTED_MODEL_CLASSES = ("Flux", "Chroma", "ChromaRadiance")
-"""ComfyUI diffusion-model classes (or their subclasses) of the supported families. Flux.2 shares the
-`Flux` class but has 4 RoPE axes and is refused by the axis check; Qwen-Image (ids centred on the
-image), HunyuanVideo (axis 0 is time) and HiDream have other position layouts and are refused."""
+FAMILY_DEFAULT = 0
+"""base_resolution value meaning "the family's training resolution"."""
 
 LATENT_PX = 8
-"""Image pixels per latent pixel (Flux VAE)."""
+"""Image pixels per latent pixel of Flux.1's VAE (the default of `latent_size_px`)."""
 
 PATCH_PX = 16
-"""Image pixels per token / RoPE position (VAE 8x, patchify 2x2)."""
+"""Image pixels per token / RoPE position of Flux.1 (VAE 8x, patchify 2x2)."""
 
 
-class UnsupportedModelError(ValueError):
-    """The model has no Flux-style positional embedder (or no Flux noise schedule where one is needed)."""
+def embedder_path(family: families.Family) -> str:
+    """Object-patch path of the family's RoPE embedder, e.g. "diffusion_model.rope_embedder"."""
+    return f"diffusion_model.{family.embedder_attr}"
 
 
 # --- checks ---------------------------------------------------------------------------------------
 
-def flux_embedder_config(embedder, model_name: str = "this model") -> tuple[float, tuple[int, ...]]:
-    """(theta, axes_dim) of a Flux-style positional embedder, or UnsupportedModelError naming the families."""
-    theta = getattr(embedder, "theta", None)
-    axes_dim = getattr(embedder, "axes_dim", None)
-    if embedder is None or theta is None or axes_dim is None or not callable(embedder):
-        kind = "no pe_embedder" if embedder is None else f"a pe_embedder of type {type(embedder).__name__}"
-        raise UnsupportedModelError(
-            f"SHARP Resolution Promotion cannot patch {model_name}: it has {kind} without a Flux-style "
-            f"theta/axes_dim. Supported: {SUPPORTED_FAMILIES}. Connect a Flux-family MODEL "
-            "(e.g. from 'Load Diffusion Model' or 'Load RS-FLUX (diffusers folder)')."
-        )
+def detect(model, family: str = AUTO) -> families.Family:
+    """The family row of a ModelPatcher's diffusion model (`family`: "auto" or a row name)."""
+    check_choice("family", family, FAMILY_CHOICES)
     try:
-        axes = tuple(int(d) for d in axes_dim)
-        theta = float(theta)
-    except (TypeError, ValueError) as err:
+        diffusion_model = model.get_model_object("diffusion_model")
+    except AttributeError:
+        diffusion_model = None
+    if diffusion_model is None:
         raise UnsupportedModelError(
-            f"{model_name}'s pe_embedder has theta={theta!r}, axes_dim={axes_dim!r}, which are not a "
-            f"number and a list of ints. Supported: {SUPPORTED_FAMILIES}."
-        ) from err
-    if len(axes) != 3:
-        raise UnsupportedModelError(
-            f"{model_name}'s pe_embedder has {len(axes)} axes {axes}; SHARP promotes the Flux.1 layout "
-            f"(image index, row, column). Supported: {SUPPORTED_FAMILIES}."
-        )
-    return theta, axes
-
-
-def check_family(diffusion_model, model_name: str = "this model") -> None:
-    """UnsupportedModelError unless the diffusion model is (a subclass of) a supported family's class."""
-    names = {c.__name__ for c in type(diffusion_model).__mro__}
-    if diffusion_model is None or not names & set(SUPPORTED_MODEL_CLASSES):
-        raise UnsupportedModelError(
-            f"SHARP Resolution Promotion cannot patch {model_name}: supported are {SUPPORTED_FAMILIES}. "
-            "Connect a Flux-family MODEL (e.g. from 'Load Diffusion Model' or 'Load RS-FLUX (diffusers folder)')."
-        )
+            f"SHARP Resolution Promotion found no diffusion model in {type(model).__name__}. "
+            f"Supported: {families.supported_families_text()}.")
+    try:
+        return families.detect_family(diffusion_model, None if family == AUTO else family)
+    except UnsupportedModelError as err:
+        raise UnsupportedModelError(f"SHARP Resolution Promotion cannot patch this model: {err}") from err
 
 
 def is_flux_sampling(model_sampling) -> bool:
@@ -114,12 +103,13 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_base_resolution(base_resolution: int) -> int:
+def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, family: str = "Flux.1") -> int:
+    """A positive multiple of px_per_token (one RoPE position) in px."""
     base = int(base_resolution)
-    if base < PATCH_PX or base % PATCH_PX:
+    if base < px_per_token or base % px_per_token:
         raise ValueError(
-            f"base_resolution must be a positive multiple of {PATCH_PX} px (one RoPE position), got "
-            f"{base_resolution}; Flux.1 and RS-FLUX were trained at 1024."
+            f"base_resolution must be 0 (the family's training resolution) or a positive multiple of "
+            f"{px_per_token} px (one RoPE position of {family}), got {base_resolution}."
         )
     return base
 
@@ -152,32 +142,39 @@ def reshift_sigmas(sigmas: torch.Tensor, mu_from: float, mu_to: float) -> torch.
     return out.to(sigmas.dtype)
 
 
-def latent_size_px(latent_image, latent_shapes=None) -> tuple[int, int]:
-    """(width, height) in image pixels of the latent being sampled."""
+def latent_size_px(latent_image, latent_shapes=None, latent_px: int = LATENT_PX) -> tuple[int, int]:
+    """(width, height) in image pixels of the latent being sampled ([B, C, (T,) H, W])."""
     shape = latent_shapes[0] if latent_shapes else latent_image.shape
     if len(shape) < 4:
         raise ValueError(f"expected an image latent [B, C, H, W], got shape {tuple(shape)}")
-    return int(shape[-1]) * LATENT_PX, int(shape[-2]) * LATENT_PX
+    return int(shape[-1]) * latent_px, int(shape[-2]) * latent_px
 
 
 class StepTime:
-    """APPLY_MODEL wrapper: set the embedder's time from sigma before each model call.
+    """APPLY_MODEL wrapper: before each model call, set the embedder's time from sigma and its extents
+    from the latent x ([B, C, (T,) H, W]).
 
-    It sets the time on the pe_embedder the model is running with (the object patch of the clone
-    being sampled), and on its own embedder when the model has none it recognises.
+    It acts on the embedder the model is running with (the object patch of the clone being sampled,
+    at `diffusion_model.<family.embedder_attr>`), and on its own embedder when the model has none it
+    recognises. extents_from_latent=False leaves the extents to the ids rule (library default).
     """
 
-    def __init__(self, embedder):
+    def __init__(self, embedder, family: families.Family | None = None, extents_from_latent: bool = True):
         self.embedder = embedder
+        self.family = family
+        self.extents_from_latent = bool(extents_from_latent and family is not None)
 
     def __call__(self, executor, x, t, *args, **kwargs):
         base_model = getattr(executor, "class_obj", None)
         sampling = getattr(base_model, "model_sampling", None)
         sigma_max = getattr(sampling, "sigma_max", 1.0)
         time = normalised_time(t, sigma_max)
-        live = getattr(getattr(base_model, "diffusion_model", None), "pe_embedder", None)
+        attr = self.family.embedder_attr if self.family is not None else "pe_embedder"
+        live = getattr(getattr(base_model, "diffusion_model", None), attr, None)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
         target.set_time(time)
+        if self.extents_from_latent:
+            target.set_extents(self.family.extents_from_x(x))
         return executor(x, t, *args, **kwargs)
 
     def __deepcopy__(self, memo):  # model_options get deep-copied; the embedder must stay shared
@@ -187,11 +184,12 @@ class StepTime:
 class ResolutionShift:
     """OUTER_SAMPLE wrapper: re-shift the sigma list from mu_from to ComfyUI's resolution mu."""
 
-    def __init__(self, mu_from: float = FLUX_SHIFT_MU):
+    def __init__(self, mu_from: float = FLUX_SHIFT_MU, latent_px: int = LATENT_PX):
         self.mu_from = float(mu_from)
+        self.latent_px = int(latent_px)
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
-        width, height = latent_size_px(latent_image, kwargs.get("latent_shapes"))
+        width, height = latent_size_px(latent_image, kwargs.get("latent_shapes"), self.latent_px)
         sigmas = reshift_sigmas(sigmas, self.mu_from, flux_resolution_mu(width, height))
         return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
 
@@ -201,66 +199,73 @@ class ResolutionShift:
 
 # --- the patch ------------------------------------------------------------------------------------
 
-def build_embedder(original, method: str = "sharp", base_resolution: int = 1024, alpha_s: float = 4.0,
-                   beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
-                   model_name: str = "this model") -> "sharp.RoPEEmbedder":
-    """A new `sharp.RoPEEmbedder` with the original embedder's theta and axes_dim."""
-    theta, axes_dim = flux_embedder_config(original, model_name)
+def build_embedder(family: families.Family, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT,
+                   alpha_s: float = 4.0, beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0),
+                   mscale: bool = True, theta: float | None = None, axes_dim=None) -> "sharp.RoPEEmbedder":
+    """A new `sharp.RoPEEmbedder` for the family; base_resolution 0 = the family's training grid;
+    theta / axes_dim: the model's own embedder's (default the row's)."""
     check_choice("method", method, METHOD_CHOICES)
-    base = check_base_resolution(base_resolution)
-    return sharp.RoPEEmbedder(theta=theta, axes_dim=axes_dim, method=method, base_len=base // PATCH_PX,
-                              alpha_s=float(alpha_s), beta=tuple(beta), gamma=tuple(gamma), mscale=bool(mscale))
+    base = None
+    if int(base_resolution) != FAMILY_DEFAULT:
+        base = check_base_resolution(base_resolution, family.px_per_token, family.name)
+    return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, alpha_s=float(alpha_s),
+                                   beta=tuple(beta), gamma=tuple(gamma), mscale=bool(mscale))
 
 
-def promote(model, *, method: str = "sharp", base_resolution: int = 1024, alpha_s: float = 4.0,
+def check_noise_shift(model, family: families.Family, noise_shift: str) -> float | None:
+    """The mu to fix on a new ModelSamplingFlux, or None to leave the schedule alone; errors say what to pick."""
+    check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
+    if noise_shift == "keep":
+        return None
+    if noise_shift == "resolution" and not family.resolution_shift:
+        raise UnsupportedModelError(
+            f"noise_shift 'resolution' is ComfyUI's size-dependent Flux.1 shift (the ModelSamplingFlux node); "
+            f"{family.name} has its own schedule. Set noise_shift to 'sharp' (the family's fixed shift) or 'keep'.")
+    if family.flux_shift is None:
+        return None  # ModelSamplingDiscreteFlow: a fixed shift at every size already ("sharp" = keep)
+    try:
+        sampling = model.get_model_object(SAMPLING_PATH)
+    except AttributeError:
+        sampling = None
+    if not is_flux_sampling(sampling):
+        raise UnsupportedModelError(
+            f"noise_shift {noise_shift!r} sets a Flux noise schedule (ModelSamplingFlux) on this {family.name} "
+            f"model, but it uses {type(sampling).__name__} (e.g. from a ModelSampling node). Set noise_shift to "
+            "'keep' to sample with that schedule.")
+    return family.flux_shift
+
+
+def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, alpha_s: float = 4.0,
             beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
-            noise_shift: str = "sharp", apply_model_wrapper: str = "apply_model",
-            outer_sample_wrapper: str = "outer_sample",
+            noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
+            apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
             make_flux_sampling: Callable[[float], object] | None = None):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
+    family: "auto" (detect) or a family name (`FAMILY_CHOICES`). base_resolution: px, 0 = the family's.
     apply_model_wrapper / outer_sample_wrapper: ComfyUI's WrappersMP.APPLY_MODEL / OUTER_SAMPLE names.
-    make_flux_sampling(mu): a new Flux noise-schedule object with shift mu (needed for noise_shift
-    "sharp" and "resolution").
+    make_flux_sampling(mu): a new Flux noise-schedule object with shift mu (needed when noise_shift
+    changes a ModelSamplingFlux schedule).
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
-    model_name = _model_name(model)
+    fam = detect(model, family)
     try:
-        diffusion_model = model.get_model_object("diffusion_model")
-    except AttributeError:
-        diffusion_model = None
-    check_family(diffusion_model, model_name)
-    try:
-        original = model.get_model_object(EMBEDDER_PATH)
+        original = model.get_model_object(embedder_path(fam))
     except AttributeError:
         original = None
-    embedder = build_embedder(original, method, base_resolution, alpha_s, beta, gamma, mscale, model_name)
-
-    if noise_shift != "keep":
-        try:
-            sampling = model.get_model_object(SAMPLING_PATH)
-        except AttributeError:
-            sampling = None
-        if not is_flux_sampling(sampling):
-            raise UnsupportedModelError(
-                f"noise_shift {noise_shift!r} needs a Flux noise schedule (ModelSamplingFlux), but {model_name} "
-                f"uses {type(sampling).__name__}. Set noise_shift to 'keep' for this model."
-            )
-        if make_flux_sampling is None:
-            raise ValueError(f"noise_shift {noise_shift!r} needs make_flux_sampling")
+    embedder = build_embedder(fam, method, base_resolution, alpha_s, beta, gamma, mscale,
+                              theta=getattr(original, "theta", None), axes_dim=getattr(original, "axes_dim", None))
+    mu = check_noise_shift(model, fam, noise_shift)
+    if mu is not None and make_flux_sampling is None:
+        raise ValueError(f"noise_shift {noise_shift!r} needs make_flux_sampling")
 
     patched = model.clone()
-    patched.add_object_patch(EMBEDDER_PATH, embedder)
+    patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
-    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder))
+    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
     patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
-    if noise_shift != "keep":
-        patched.add_object_patch(SAMPLING_PATH, make_flux_sampling(FLUX_SHIFT_MU))
-    if noise_shift == "resolution":
-        patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(FLUX_SHIFT_MU))
+    if mu is not None:
+        patched.add_object_patch(SAMPLING_PATH, make_flux_sampling(mu))
+    if noise_shift == "resolution" and mu is not None:
+        patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
     return patched
-
-
-def _model_name(model) -> str:
-    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
-    return f"the model ({type(inner).__name__})" if inner is not None else "the model"

@@ -189,3 +189,32 @@ def flux_sigmas(steps: int, mu: float = 1.15) -> torch.Tensor:
     nz = t > 0
     out[nz] = math.exp(mu) / (math.exp(mu) + 1 / t[nz] - 1)
     return out.float()
+
+
+class FamilyDiT(torch.nn.Module):
+    """Stand-in for any family's diffusion model: holds a stock embedder at the family's attribute
+    (`pe_embedder` / `rope_embedder`), builds ids from x with `ids_fn(h_tokens, w_tokens)` and returns the
+    embedder output. `family_dit` names the class like ComfyUI's (detection reads the class name)."""
+
+    def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None):
+        super().__init__()
+        self.attr, self.ids_fn, self.per_token = attr, ids_fn, per_token
+        setattr(self, attr, FakeEmbedND(theta, axes_dim))
+        if txt_ids_dims is not None:
+            self.params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})()
+
+    def forward(self, x, timestep, **kwargs):
+        h, w = -(-x.shape[-2] // self.per_token), -(-x.shape[-1] // self.per_token)  # padded patchify
+        return getattr(self, self.attr)(self.ids_fn(h, w).repeat(x.shape[0], 1, 1))
+
+
+def family_dit(class_name, *args, **kwargs) -> FamilyDiT:
+    return type(class_name, (FamilyDiT,), {})(*args, **kwargs)
+
+
+class ModelSamplingDiscreteFlow:
+    """Name-alike of ComfyUI's fixed-shift flow schedule (Lumina 2, Z-Image, HunyuanImage 2.1)."""
+
+    def __init__(self, shift=3.0):
+        self.shift = shift
+        self.sigma_max = torch.tensor(1.0)

@@ -85,7 +85,12 @@ def test_resolution_node_defaults_and_advanced(nodes):
     by_id = {i.id: i for i in schema.inputs}
     assert by_id["method"].options[0] == "sharp" and by_id["method"].default == "sharp"
     assert set(by_id["method"].options) == {"base", "pi", "ntk", "yarn", "dy-ntk", "dype", "sharp"}
-    assert by_id["base_resolution"].default == 1024 and by_id["alpha_s"].default == 4.0
+    assert by_id["base_resolution"].default == 0 and by_id["base_resolution"].min == 0  # 0 = the family's own
+    assert by_id["alpha_s"].default == 4.0
+    assert by_id["family"].default == "auto" and by_id["family"].advanced and "Qwen-Image" in by_id["family"].options
+    # workflows saved before `family` existed keep their positional widget values
+    assert [i.id for i in schema.inputs][:11] == ["model", "method", "base_resolution", "alpha_s", "noise_shift",
+                                                  "beta_lo", "beta_hi", "gamma_lo", "gamma_hi", "mscale", "family"]
     assert by_id["noise_shift"].options == ["sharp", "resolution", "keep"]
     assert [by_id[k].default for k in ("beta_lo", "beta_hi", "gamma_lo", "gamma_hi")] == [1.25, 0.75, 16.0, 2.0]
     assert all(by_id[k].advanced for k in ("beta_lo", "beta_hi", "gamma_lo", "gamma_hi", "mscale"))
@@ -117,8 +122,11 @@ def test_resolution_node_execute(nodes):
     assert seen == pytest.approx([1.0, 0.4])
     resolution = node.execute(model=model, noise_shift="resolution").result[0]
     assert len(resolution.get_wrappers(fake.WrappersMP.OUTER_SAMPLE, "sharp")) == 1
-    with pytest.raises(ValueError, match="Flux.1"):
+    with pytest.raises(ValueError, match="SDXL.*Supported: Flux.1"):
         node.execute(model=cf.FakeModelPatcher(cf.FakeBaseModel(cf.FakeUNet(), cf.OtherSampling())))
+    # a workflow saved before the family input (9 widget values): the defaults fill in, as the editor does
+    old = node.execute(model, "sharp", 1024, 4.0, "sharp", 1.25, 0.75, 16.0, 2.0, True).result[0]
+    assert old.get_model_object("diffusion_model.pe_embedder").base_len == {1: 64.0, 2: 64.0}
 
 
 def test_spectrum_node_execute(nodes):

@@ -8,7 +8,9 @@ import torch
 
 import comfy_fake as cf
 import sharp
+from sharp import families
 from sharp import promotion as P
+from test_families import family_ids
 
 
 def promote(model, **kw):
@@ -31,7 +33,7 @@ def spy_times(embedder):
 
 def test_clone_gets_fresh_embedder_from_original_config():
     model = cf.flux_patcher(theta=2000, axes_dim=(8, 28, 28))
-    patched = promote(model, method="yarn", base_resolution=512, alpha_s=3.0)
+    patched = promote(model, method="yarn", base_resolution=512, alpha_s=3.0, family="Flux.1")  # other constants: override
     emb = patched.get_model_object(P.EMBEDDER_PATH)
     assert isinstance(emb, sharp.RoPEEmbedder)
     assert emb.theta == 2000 and tuple(emb.axes_dim) == (8, 28, 28) and emb.method == "yarn"
@@ -189,21 +191,139 @@ def test_method_choices_cover_core_methods():
     assert set(P.METHOD_CHOICES) == set(sharp.rope.METHODS) and P.METHOD_CHOICES[0] == "sharp"
 
 
-def test_other_layouts_refused():
-    class QwenImageTransformer2DModel(torch.nn.Module):  # a Flux-style EmbedND, but ids centred on the image
-        def __init__(self):
-            super().__init__()
-            self.pe_embedder = cf.FakeEmbedND()
+def family_patcher(name, txt=5):
+    """A fake patcher whose diffusion model is named and built like the family's ComfyUI class, with
+    ids as the family builds them (test_families.family_ids, written from the ComfyUI sources)."""
+    f = families.family(name)
+    model = cf.family_dit(f.classes[0], f.embedder_attr, f.theta, f.axes_dim,
+                          lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims)
+    sampling = cf.ModelSamplingFlux(shift=f.flux_shift) if f.flux_shift else cf.ModelSamplingDiscreteFlow()
+    return cf.FakeModelPatcher(cf.FakeBaseModel(model, sampling))
 
-    qwen = cf.FakeModelPatcher(cf.FakeBaseModel(QwenImageTransformer2DModel(), cf.ModelSamplingFlux()))
-    with pytest.raises(P.UnsupportedModelError, match="QwenImageTransformer2DModel.*Flux.1"):
-        promote(qwen)
-    flux2 = cf.flux_patcher(theta=2000, axes_dim=(32, 32, 32, 32))  # Flux.2: the Flux class, 4 axes
-    with pytest.raises(P.UnsupportedModelError, match="4 axes"):
-        promote(flux2)
 
-    class Finetune(cf.Flux):  # subclasses of a supported class are accepted
-        pass
+def latent_for(f, scale, batch=1):
+    """A latent of the family at scale x its base grid per side: [B, C, H, W] ([B, C, 1, H, W] for Qwen-Image)."""
+    per_token = f.px_per_token // f.latent_px
+    h, w = (int(round(f.base_len * s)) * per_token for s in scale)
+    return torch.zeros(batch, 4, 1, h, w) if f.name == "Qwen-Image" else torch.zeros(batch, 4, h, w)
 
-    tuned = cf.FakeModelPatcher(cf.FakeBaseModel(Finetune(), cf.ModelSamplingFlux()))
-    assert isinstance(promote(tuned).get_model_object(P.EMBEDDER_PATH), sharp.RoPEEmbedder)
+
+@pytest.mark.parametrize("f", families.FAMILIES, ids=lambda f: f.name)
+def test_each_family_detected_and_its_own_embedder_patched(f):
+    model = family_patcher(f.name)
+    patched = P.promote(model, method="sharp", noise_shift="keep", apply_model_wrapper=cf.APPLY_MODEL,
+                        outer_sample_wrapper=cf.OUTER_SAMPLE)
+    path = f"diffusion_model.{f.embedder_attr}"
+    emb = patched.get_model_object(path)
+    assert isinstance(emb, sharp.RoPEEmbedder) and list(patched.object_patches) == [path]
+    assert tuple(emb.axes_dim) == f.axes_dim and emb.theta == f.theta and emb.spatial_axes == f.spatial_axes
+    assert emb.base_len == {a: f.base_len for a in f.spatial_axes}  # base_resolution 0 = the family's grid
+    latent = latent_for(f, (1.25, 0.5))
+    ref = model.sample(latent, cf.flux_sigmas(2))
+    out = patched.sample(latent, cf.flux_sigmas(2))
+    s_h, s_w = (round(f.base_len * s) / f.base_len for s in (1.25, 0.5))
+    assert emb.axis_scales(torch.zeros(1, 1, len(f.axes_dim))) == pytest.approx(
+        dict(zip(f.spatial_axes, (s_h, s_w))))  # set from the latent by the wrapper, not from the ids
+    # only the height axis (above the base grid) changed; every other channel is stock
+    ch, start = {}, 0
+    for a, d in enumerate(f.axes_dim):
+        ch[a], start = slice(start, start + d // 2), start + d // 2
+    for r, o in zip(ref, out):
+        assert not torch.equal(r[..., ch[f.spatial_axes[0]], :, :], o[..., ch[f.spatial_axes[0]], :, :])
+        for a in range(len(f.axes_dim)):
+            if a != f.spatial_axes[0]:
+                assert torch.equal(r[..., ch[a], :, :], o[..., ch[a], :, :])
+    assert isinstance(getattr(model.model.diffusion_model, f.embedder_attr), cf.FakeEmbedND)  # reverted
+
+
+@pytest.mark.parametrize("f", families.FAMILIES, ids=lambda f: f.name)
+def test_base_is_bit_identical_for_every_family(f):
+    model = family_patcher(f.name)
+    latent = latent_for(f, (0.5, 1.25))
+    ref = model.sample(latent, cf.flux_sigmas(2))
+    out = promote(model, method="base", base_resolution=0, noise_shift="keep").sample(latent, cf.flux_sigmas(2))
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+
+
+def test_family_override_and_choices():
+    model = family_patcher("Ovis-Image")
+    assert P.detect(model).name == "Ovis-Image"
+    patched = promote(model, family="Flux.1", noise_shift="keep")  # same embedder: override wins
+    assert isinstance(patched.get_model_object(P.EMBEDDER_PATH), sharp.RoPEEmbedder)
+    assert P.FAMILY_CHOICES[0] == "auto" and set(P.FAMILY_CHOICES[1:]) == {f.name for f in families.FAMILIES}
+    with pytest.raises(ValueError, match="family must be one of"):
+        promote(model, family="SD3")
+    with pytest.raises(P.UnsupportedModelError, match="expects rope_embedder"):
+        promote(model, family="Z-Image")
+
+
+def test_unsupported_models_name_the_families():
+    for cls in ("UNetModel", "MMDiT"):  # SD1.5/SDXL, SD3: no multi-axis RoPE embedder
+        model = cf.FakeModelPatcher(cf.FakeBaseModel(type(cls, (cf.FakeUNet,), {})(), cf.OtherSampling()))
+        with pytest.raises(P.UnsupportedModelError, match=f"{cls}.*SDXL.*Flux.2.*Z-Image.*HunyuanImage 2.1"):
+            promote(model)
+    video = cf.family_dit("HunyuanVideo", "pe_embedder", 256, (16, 56, 56), None, 1)  # 3 axes: not the image model
+    with pytest.raises(P.UnsupportedModelError, match="matches no known family"):
+        promote(cf.FakeModelPatcher(cf.FakeBaseModel(video, cf.OtherSampling())))
+
+
+def test_latent_extents_ignore_text_on_spatial_axes():
+    f = families.family("Ovis-Image")
+    model = family_patcher(f.name, txt=300)  # text positions 0..299 on both spatial axes
+    patched = promote(model, noise_shift="keep", base_resolution=0)
+    emb = patched.get_model_object(P.EMBEDDER_PATH)
+    patched.sample(torch.zeros(1, 16, 160, 140), cf.flux_sigmas(1))
+    assert emb.axis_scales(torch.zeros(1, 1, 3)) == {1: 80 / 64, 2: 70 / 64}
+
+
+def test_kontext_uxo_reference_does_not_enlarge_the_extent():
+    # Flux Kontext ref_latents_method "uxo" (comfy/ldm/flux/model.py): reference tokens at index 0, offset
+    # past the image on both axes. With extents from the latent the image tokens' rotations are the same
+    # as without the reference; with the ids rule (library default) they would be promoted further.
+    h, w, rh, rw = 40, 36, 24, 24
+
+    def ids_with_ref(hh, ww):
+        ids = cf.image_ids(hh, ww)
+        ref = cf.image_ids(rh, rw, txt_tokens=0)
+        ref[..., 1] += hh
+        ref[..., 2] += ww
+        return torch.cat([ids, ref], 1)
+
+    plain = cf.FakeModelPatcher(cf.FakeBaseModel(cf.family_dit("Flux", "pe_embedder", 10000, (16, 56, 56),
+                                                               lambda a, b: cf.image_ids(a, b), 2), cf.ModelSamplingFlux()))
+    uxo = cf.FakeModelPatcher(cf.FakeBaseModel(cf.family_dit("Flux", "pe_embedder", 10000, (16, 56, 56),
+                                                             ids_with_ref, 2), cf.ModelSamplingFlux()))
+    latent, sigmas = torch.zeros(1, 16, 2 * h, 2 * w), cf.flux_sigmas(2)
+    n = 4 + h * w  # text + image tokens
+    want = promote(plain, noise_shift="keep").sample(latent, sigmas)
+    got = promote(uxo, noise_shift="keep").sample(latent, sigmas)
+    assert all(torch.equal(a, b[:, :, :n]) for a, b in zip(want, got))
+    by_ids = promote(uxo, noise_shift="keep", extents_from_latent=False).sample(latent, sigmas)
+    assert not torch.equal(want[0], by_ids[0][:, :, :n])
+
+
+def test_noise_shift_per_family():
+    flux2 = promote(family_patcher("Flux.2"), noise_shift="sharp")
+    assert flux2.get_model_object(P.SAMPLING_PATH).shift == pytest.approx(2.02)  # Flux.2's own fixed shift
+    with pytest.raises(P.UnsupportedModelError, match="'sharp'.*'keep'"):
+        promote(family_patcher("Flux.2"), noise_shift="resolution")
+    with pytest.raises(P.UnsupportedModelError, match="Qwen-Image has its own schedule"):
+        promote(family_patcher("Qwen-Image"), noise_shift="resolution")
+    for name in ("Z-Image", "Lumina 2", "HunyuanImage 2.1"):  # fixed-shift flow schedules: sharp = keep
+        patched = promote(family_patcher(name), noise_shift="sharp")
+        assert P.SAMPLING_PATH not in patched.object_patches
+        with pytest.raises(P.UnsupportedModelError, match="'resolution'"):
+            promote(family_patcher(name), noise_shift="resolution")
+    chroma = promote(family_patcher("Chroma Radiance"), noise_shift="resolution", method="base")
+    chroma.sample(torch.zeros(1, 3, 1024, 2048), cf.flux_sigmas(3))
+    tokens = 1024 * 2048 / 256
+    mu = 0.5 + (1.15 - 0.5) * (tokens - 256) / (4096 - 256)  # pixel space: the size is the x size itself
+    assert torch.allclose(chroma.used_sigmas, cf.flux_sigmas(3, mu=mu), atol=1e-6)
+
+
+def test_base_resolution_checked_per_family():
+    with pytest.raises(ValueError, match="multiple of 32 px.*HunyuanImage 2.1"):
+        promote(family_patcher("HunyuanImage 2.1"), base_resolution=1040, noise_shift="keep")
+    emb = promote(family_patcher("HunyuanImage 2.1"), base_resolution=1024,
+                  noise_shift="keep").get_model_object(P.EMBEDDER_PATH)
+    assert emb.base_len == {0: 32.0, 1: 32.0}
