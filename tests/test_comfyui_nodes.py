@@ -63,7 +63,8 @@ def test_pack_exposes_v3_nodes(H):
     ext = asyncio.run(pack.comfy_entrypoint())
     nodes = asyncio.run(ext.get_node_list())
     ids = {n.define_schema().node_id for n in nodes}
-    assert ids == {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview"}
+    assert ids == {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
+                   "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR"}
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack.nodes, "NODE_CLASS_MAPPINGS")
     for n in nodes:
         schema = n.define_schema()
