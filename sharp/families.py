@@ -145,21 +145,23 @@ def supported_families_text() -> str:
     return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
 
 
-def find_embedder(diffusion_model) -> tuple[str, object]:
-    """(attribute name, embedder) of the first known RoPE embedder attribute on the model."""
+def find_embedder(diffusion_model, get_embedder=None) -> tuple[str, object]:
+    """(attribute name, embedder) of the first known RoPE embedder attribute on the model.
+    get_embedder(attr): how to read it (default getattr; the promotion reads through the patcher so
+    that another pack's object patch is what gets checked)."""
     for attr in dict.fromkeys(f.embedder_attr for f in FAMILIES):
-        emb = getattr(diffusion_model, attr, None)
+        emb = get_embedder(attr) if get_embedder else getattr(diffusion_model, attr, None)
         if emb is not None:
             return attr, emb
     return "", None
 
 
-def detect_family(diffusion_model, override: str | None = None) -> Family:
+def detect_family(diffusion_model, override: str | None = None, get_embedder=None) -> Family:
     """The family row of a loaded ComfyUI diffusion_model, from its class, embedder attribute and the
     embedder's theta / axes_dim. `override` (a family name) skips detection but is still checked
-    against the embedder's constants."""
+    against the embedder's attribute and number of axes. get_embedder: see `find_embedder`."""
     cls = type(diffusion_model).__name__
-    attr, emb = find_embedder(diffusion_model)
+    attr, emb = find_embedder(diffusion_model, get_embedder)
     if emb is None:
         raise UnsupportedModelError(
             f"{cls} has no multi-axis RoPE embedder (looked for {sorted({f.embedder_attr for f in FAMILIES})}). "

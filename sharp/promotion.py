@@ -85,8 +85,14 @@ def detect(model, family: str = AUTO) -> families.Family:
         raise UnsupportedModelError(
             f"SHARP Resolution Promotion found no diffusion model in {type(model).__name__}. "
             f"Supported: {families.supported_families_text()}.")
+    def effective(attr):  # the embedder the model would run with (object patches included)
+        try:
+            return model.get_model_object(f"diffusion_model.{attr}")
+        except AttributeError:
+            return None
+
     try:
-        return families.detect_family(diffusion_model, None if family == AUTO else family)
+        return families.detect_family(diffusion_model, None if family == AUTO else family, effective)
     except UnsupportedModelError as err:
         raise UnsupportedModelError(f"SHARP Resolution Promotion cannot patch this model: {err}") from err
 

@@ -134,3 +134,137 @@ def sample(patcher, latent_hw=(32, 32), steps=4, seed=0, sampler="euler", schedu
     pos, neg = conditioning(1), conditioning(2)
     return comfy.sample.sample(patcher, noise, steps, 1.0, sampler, scheduler, pos, neg, latent,
                                sigmas=sigmas, disable_pbar=True, seed=seed)
+
+
+# --- a tiny model of every RoPE family (sharp.families rows), built with ComfyUI's own classes ----------
+# Each entry: (supported_models class name, unet_config, latent channels, context dim, pooled dim or None).
+# Hidden sizes are one head of sum(axes_dim) (the head dim the family's RoPE needs; Z-Image two, its
+# modulation needs dim >= 256); depths are 1.
+
+_FLUX_COMMON = dict(in_channels=16, out_channels=16, patch_size=2, vec_in_dim=32, context_in_dim=64, hidden_size=128,
+                    mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
+                    qkv_bias=True, guidance_embed=True)
+
+TINY_FAMILIES = {
+    "Flux.1": ("Flux", dict(_FLUX_COMMON, image_model="flux", txt_ids_dims=[]), 16, 64, 32),
+    "Flux.2": ("Flux2", dict(_FLUX_COMMON, image_model="flux2", in_channels=128, out_channels=128, patch_size=1,
+                             vec_in_dim=None, axes_dim=[32, 32, 32, 32], theta=2000, qkv_bias=False,
+                             guidance_embed=False, global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                             default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3], mlp_ratio=3.0),
+               128, 64, None),
+    "Ovis-Image": ("Flux", dict(_FLUX_COMMON, image_model="flux", vec_in_dim=None, guidance_embed=False,
+                                yak_mlp=True, txt_norm=True, txt_ids_dims=[1, 2]), 16, 64, None),
+    "Chroma": ("Chroma", dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=64,
+                              hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1,
+                              axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, in_dim=64,
+                              out_dim=128, hidden_dim=64, n_layers=1, txt_ids_dims=[], vec_in_dim=None), 16, 64, None),
+    "Chroma Radiance": ("ChromaRadiance", dict(
+        image_model="chroma_radiance", in_channels=3, out_channels=3, context_in_dim=64, hidden_size=128,
+        mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
+        patch_size=16, qkv_bias=True, in_dim=64, out_dim=128, hidden_dim=64, n_layers=1, txt_ids_dims=[],
+        vec_in_dim=None, nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1, nerf_max_freqs=4, nerf_tile_size=0,
+        nerf_final_head_type="conv", nerf_embedder_dtype=None, use_x0=False), 3, 64, None),
+    "Qwen-Image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                     num_layers=1, attention_head_dim=128, num_attention_heads=1,
+                                     joint_attention_dim=64, axes_dims_rope=(16, 56, 56)), 16, 64, None),
+    "Z-Image": ("ZImage", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=1,
+                               n_refiner_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=8.0 / 3.0,
+                               qk_norm=True, cap_feat_dim=64, axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+                               rope_theta=256.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32,
+                               out_channels=None, text_feat_dim=64, timestep_scale=1000.0), 16, 64, None),
+    "Lumina 2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=96, n_layers=1,
+                                 n_refiner_layers=1, n_heads=1, n_kv_heads=1, multiple_of=16, ffn_dim_multiplier=4.0,
+                                 qk_norm=True, cap_feat_dim=64, axes_dims=[32, 32, 32], axes_lens=[300, 512, 512],
+                                 rope_theta=10000.0, out_channels=None, text_feat_dim=64, timestep_scale=1000.0),
+                 16, 64, None),
+    "HunyuanImage 2.1": ("HunyuanImage21", dict(
+        image_model="hunyuan_video", in_channels=64, out_channels=64, vec_in_dim=None, context_in_dim=64,
+        hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[64, 64], theta=256,
+        patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False,
+        use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False), 64, 64, None),
+}
+
+
+def has_family(name: str) -> str | None:
+    """None if this ComfyUI has the family's classes, else the reason to skip."""
+    import comfy.supported_models as sm
+
+    config_name = TINY_FAMILIES[name][0]
+    if not hasattr(sm, config_name):
+        return f"ComfyUI {comfy_version()} has no comfy.supported_models.{config_name} ({name})"
+    if name in ("Flux.2", "Ovis-Image"):
+        import dataclasses
+
+        import comfy.ldm.flux.model
+
+        fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+        if not {"txt_ids_dims", "yak_mlp", "global_modulation"} <= fields:
+            return f"ComfyUI {comfy_version()}'s Flux class has no {name} options"
+    return None
+
+
+def _filter_params(name: str, unet_config: dict) -> dict:
+    """Drop config keys an older ComfyUI's params dataclass does not know (e.g. txt_ids_dims before 0.9)."""
+    import dataclasses
+
+    import comfy.ldm.chroma.model
+    import comfy.ldm.flux.model
+    import comfy.ldm.hunyuan_video.model
+
+    params = {"Flux.1": comfy.ldm.flux.model.FluxParams, "Chroma": comfy.ldm.chroma.model.ChromaParams,
+              "HunyuanImage 2.1": comfy.ldm.hunyuan_video.model.HunyuanVideoParams}.get(name)
+    if name == "Chroma Radiance":
+        import comfy.ldm.chroma_radiance.model
+
+        params = comfy.ldm.chroma_radiance.model.ChromaRadianceParams
+    if params is None:
+        return unet_config
+    fields = {f.name for f in dataclasses.fields(params)} | {"image_model"}
+    return {k: v for k, v in unet_config.items() if k in fields}
+
+
+def tiny_family_patcher(name: str, seed: int = 0):
+    """(ModelPatcher around the family's ComfyUI class with small random weights, latent channels)."""
+    import torch
+
+    comfy = import_comfy()
+    import comfy.supported_models as sm
+
+    reason = has_family(name)
+    if reason:
+        pytest.skip(reason)
+    config_name, unet_config, channels, _, _ = TINY_FAMILIES[name]
+    config = getattr(sm, config_name)(_filter_params(name, dict(unet_config)))
+    model = config.get_model({})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.diffusion_model.named_parameters():
+            if pname.endswith(("scale", "norm.weight", "norm1.weight", "norm2.weight")) or "norm" in pname.split(".")[-2:][0]:
+                p.copy_(torch.ones_like(p) + 0.05 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device), channels
+
+
+def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
+    import torch
+
+    _, _, _, ctx, pooled = TINY_FAMILIES[name]
+    g = torch.Generator().manual_seed(seed)
+    # every Flux-class model_base reads pooled_output (unused without vector_in)
+    extra = {"guidance": 3.5, "pooled_output": torch.randn(1, pooled or 32, generator=g)}
+    return [[torch.randn(1, tokens, ctx, generator=g), extra]]
+
+
+def sample_family(name: str, patcher, channels: int, latent_hw, steps=3, seed=0, sampler="euler",
+                  scheduler="simple", sigmas=None):
+    import torch
+
+    comfy = import_comfy()
+    # Qwen-Image's latent (Wan 2.1 format) is [B, C, T, H, W]; ComfyUI's KSampler node adds the T axis
+    latent = torch.zeros(1, channels, 1, *latent_hw) if name == "Qwen-Image" else torch.zeros(1, channels, *latent_hw)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    pos, neg = family_conditioning(name, 1), family_conditioning(name, 2)
+    return comfy.sample.sample(patcher, noise, steps, 1.0, sampler, scheduler, pos, neg, latent,
+                               sigmas=sigmas, disable_pbar=True, seed=seed)

@@ -327,3 +327,10 @@ def test_base_resolution_checked_per_family():
     emb = promote(family_patcher("HunyuanImage 2.1"), base_resolution=1024,
                   noise_shift="keep").get_model_object(P.EMBEDDER_PATH)
     assert emb.base_len == {0: 32.0, 1: 32.0}
+
+
+def test_detection_sees_object_patches():
+    model = cf.flux_patcher()
+    model.add_object_patch(P.EMBEDDER_PATH, torch.nn.Identity())  # another pack's non-RoPE replacement
+    with pytest.raises(P.UnsupportedModelError, match="matches no known family.*Supported: Flux.1"):
+        promote(model)

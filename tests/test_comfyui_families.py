@@ -1,0 +1,183 @@
+"""SHARP on a tiny model of every RoPE family (sharp.families), built with ComfyUI's own classes,
+patched through our node and sampled with comfy.sample.sample on the CPU.
+
+Opt-in: set SHARP_COMFYUI_DIR to a ComfyUI checkout (see tests/comfyui_harness.py); skipped otherwise.
+Families a checkout does not have (Flux.2, Ovis-Image, Z-Image before 0.14.1) skip with the reason.
+"""
+from __future__ import annotations
+
+import pytest
+
+from comfyui_harness import skip_without_comfyui
+
+pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
+
+from sharp import families  # noqa: E402
+
+NAMES = [f.name for f in families.FAMILIES]
+BASE_TOKENS = 8  # base grid of these tests (base_resolution = 8 positions); the family default is far larger
+ABOVE = (12, 6)  # (height, width) in tokens: height above the base grid, width below it
+WITHIN = (8, 5)
+
+
+@pytest.fixture(scope="module")
+def H():
+    import comfyui_harness
+
+    comfyui_harness.import_pack()
+    return comfyui_harness
+
+
+@pytest.fixture(scope="module")
+def built(H):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = H.tiny_family_patcher(name)
+        return cache[name]
+
+    return get
+
+
+def latent_hw(f, tokens):
+    per_token = f.px_per_token // f.latent_px
+    return tokens[0] * per_token, tokens[1] * per_token
+
+
+def promote(H, model, f, **kw):
+    res = H.pack_module("nodes.resolution")
+    kw.setdefault("base_resolution", BASE_TOKENS * f.px_per_token)
+    kw.setdefault("noise_shift", "keep")
+    return res.ResolutionPromotion.execute(model=model, **kw).result[0]
+
+
+def path(f):
+    return f"diffusion_model.{f.embedder_attr}"
+
+
+def record(patched, f):
+    """Spy on the patched embedder: (ids, output, t) per call, and the sigma of each model call."""
+    import comfy.patcher_extension as pe
+
+    emb = patched.get_model_object(path(f))
+    calls, sigmas = [], []
+    orig = emb.forward
+
+    def forward(ids):
+        out = orig(ids)
+        calls.append((ids.detach().clone(), out.detach().clone(), emb.t))
+        return out
+
+    emb.forward = forward
+
+    def spy(executor, x, t, *args, **kwargs):
+        sigmas.append(float(t.max()))
+        return executor(x, t, *args, **kwargs)
+
+    patched.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, "test-spy", spy)
+    return emb, calls, sigmas
+
+
+def channels(f, axis):
+    start = sum(d // 2 for d in f.axes_dim[:axis])
+    return slice(start, start + f.axes_dim[axis] // 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_detected_and_base_bit_identical(H, built, name):
+    import torch
+
+    f = families.family(name)
+    model, ch = built(name)
+    patched = promote(H, model, f, method="base", family="auto")
+    emb = patched.get_model_object(path(f))
+    assert type(emb).__name__ == "RoPEEmbedder" and tuple(emb.axes_dim) == f.axes_dim and emb.theta == f.theta
+    assert emb.spatial_axes == f.spatial_axes and emb.extent_mode == f.extent_mode
+    ref = H.sample_family(name, model, ch, latent_hw(f, ABOVE), steps=3, seed=7)
+    out = H.sample_family(name, patched, ch, latent_hw(f, ABOVE), steps=3, seed=7)
+    assert torch.equal(ref, out)
+    again = H.sample_family(name, model, ch, latent_hw(f, ABOVE), steps=3, seed=7)
+    assert torch.equal(ref, again)  # the unpatched model is untouched afterwards
+    assert type(model.get_model_object(path(f))).__name__ == "EmbedND"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharp_changes_only_spatial_axes_above_the_base_grid(H, built, name):
+    import torch
+
+    f = families.family(name)
+    model, ch = built(name)
+    stock = model.get_model_object(path(f))  # ComfyUI's own EmbedND of this model
+    assert type(stock).__name__ == "EmbedND"
+    patched = promote(H, model, f, method="sharp")
+    emb, calls, _ = record(patched, f)
+    H.sample_family(name, patched, ch, latent_hw(f, ABOVE), steps=2)
+    assert calls
+    height, width = f.spatial_axes
+    changed = 0
+    for ids, out, _t in calls:
+        want = stock(ids)
+        assert out.shape == want.shape and out.dtype == want.dtype
+        for axis in range(len(f.axes_dim)):
+            if axis != height:  # width (below the base grid) and every non-spatial axis: stock, bit for bit
+                assert torch.equal(out[..., channels(f, axis), :, :], want[..., channels(f, axis), :, :]), axis
+        changed += not torch.equal(out[..., channels(f, height), :, :], want[..., channels(f, height), :, :])
+    assert changed > 0
+    assert emb.axis_scales(calls[0][0]) == pytest.approx({height: ABOVE[0] / BASE_TOKENS, width: ABOVE[1] / BASE_TOKENS})
+
+    # within the base grid nothing changes: every embedder call and the sample itself are stock
+    within = promote(H, model, f, method="sharp")
+    _, calls, _ = record(within, f)
+    out = H.sample_family(name, within, ch, latent_hw(f, WITHIN), steps=2, seed=3)
+    assert all(torch.equal(o, stock(ids)) for ids, o, _t in calls)
+    assert torch.equal(out, H.sample_family(name, model, ch, latent_hw(f, WITHIN), steps=2, seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_time_follows_the_sampler_sigmas(H, built, name):
+    import comfy.samplers
+
+    f = families.family(name)
+    model, ch = built(name)
+    patched = promote(H, model, f, method="sharp")
+    _, calls, seen_sigma = record(patched, f)
+    H.sample_family(name, patched, ch, latent_hw(f, ABOVE), steps=4, sampler="euler", scheduler="simple")
+    sampling = patched.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "simple", 4)
+    smax = float(sampling.sigma_max)
+    assert seen_sigma == pytest.approx([float(s) for s in sigmas[:-1]], abs=1e-6)
+    per_call = len(calls) // len(seen_sigma)
+    assert per_call >= 1 and len(calls) == per_call * len(seen_sigma)  # Z-Image / Lumina 2: caption + image calls
+    seen_t = [t for _ids, _out, t in calls]
+    for i, s in enumerate(seen_sigma):
+        assert seen_t[i * per_call:(i + 1) * per_call] == pytest.approx([s / smax] * per_call, abs=1e-6)
+
+
+def test_kontext_uxo_reference_does_not_count(H, built):
+    """Flux Kontext references placed with ref_latents_method "uxo" sit at image index 0 past the image's
+    rows/columns; the extents still come from the generated latent."""
+    import inspect
+
+    import comfy.ldm.flux.model
+    import torch
+
+    if '"uxo"' not in inspect.getsource(comfy.ldm.flux.model):
+        pytest.skip("this ComfyUI has no ref_latents_method 'uxo'")
+    f = families.family("Flux.1")
+    model, ch = built("Flux.1")
+    patched = promote(H, model, f, method="sharp")
+    emb, calls, _ = record(patched, f)
+    pos, neg = H.family_conditioning("Flux.1", 1), H.family_conditioning("Flux.1", 2)
+    ref = torch.randn(1, ch, 16, 16, generator=torch.Generator().manual_seed(4))
+    for c in (pos, neg):
+        c[0][1].update({"reference_latents": [ref], "reference_latents_method": "uxo"})
+    h, w = latent_hw(f, ABOVE)
+    noise = torch.randn(1, ch, h, w, generator=torch.Generator().manual_seed(0))
+    comfy = H.import_comfy()
+    comfy.sample.sample(patched, noise, 2, 1.0, "euler", "simple", pos, neg, torch.zeros_like(noise),
+                        disable_pbar=True, seed=0)
+    ids = calls[0][0]
+    own = ids[..., 0] == 0
+    assert float(ids[..., 1][own].max()) + 1 > ABOVE[0]  # the ids rule would count the reference
+    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
