@@ -244,6 +244,22 @@ def test_ref_resize_is_logged(nodes, tiny_model, fresh_fakes, caplog):
     assert any("resizing the Ref" in r.getMessage() for r in caplog.records)
 
 
+def test_ref_resize_warning_shown_on_node(nodes, tiny_model, fresh_fakes, monkeypatch):
+    """In ComfyUI the warning also goes to the UI as progress text under the node (hidden unique_id)."""
+    import types
+
+    sent = []
+    server = types.ModuleType("server")
+    server.PromptServer = types.SimpleNamespace(
+        instance=types.SimpleNamespace(send_progress_text=lambda text, node_id, sid=None: sent.append((text, node_id))))
+    monkeypatch.setitem(__import__("sys").modules, "server", server)
+    node = type("Executing", (nodes["SHARPDSDiTReferenceSR"],), {"hidden": types.SimpleNamespace(unique_id="7")})
+    _sr(node, tiny_model, _img(16, 16, 1), _img(64, 64, 2))
+    assert sent == []  # Ref already scale x LR: nothing to say
+    _sr(node, tiny_model, _img(16, 16, 1), _img(70, 60, 2))
+    assert len(sent) == 1 and sent[0][1] == "7" and "resizing the Ref" in sent[0][0] and "60x70" in sent[0][0]
+
+
 class FakeComfyVAE:
     """Shaped like ComfyUI's VAE: encode/decode take/return images [B, H, W, 3] on the CPU."""
 
