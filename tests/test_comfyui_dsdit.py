@@ -89,7 +89,11 @@ def test_execute_with_comfy_progress_bar(H, dsdit):
     model = dsdit.LoadDSDiT.execute(ckpt_name=dsdit.SHIPPED, path="").result[0]
     seen = []
     old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None, **kw: seen.append((value, total)))
+
+    def hook(value, total, preview, node_id=None, **kw):
+        seen.append((value, total))
+
+    comfy.utils.set_progress_bar_global_hook(hook)
     try:
         lr, ref = _image("lr.jpg")[:, :32, :48], _image("ref.jpg")[:, :128, :192]
         out = dsdit.DSDiTReferenceSR.execute(model=model, lr=lr, ref=ref, scale=4, steps=2, guidance=1.0, seed=0,
