@@ -327,3 +327,20 @@ CORE_OBJECT_INFO = {
     "LoadImage": _core([("image", "COMBO", {"image_upload": True})], ["IMAGE", "MASK"]),
     "ImageScaleBy": _core([("image", "IMAGE"), ("upscale_method", "COMBO"), ("scale_by", "FLOAT")], ["IMAGE"]),
 }
+
+# Core nodes of the per-family workflows (workflows/family_*.json). Kept apart from CORE_OBJECT_INFO because
+# some exist only in newer ComfyUI (EmptyFlux2LatentImage: 0.14.1 here); tests/test_comfyui_families.py checks
+# each against a real server where it exists.
+_LATENT_SIZE = [("width", "INT", {"min": 16}), ("height", "INT", {"min": 16}), ("batch_size", "INT", {"min": 1})]
+FAMILY_CORE_OBJECT_INFO = {
+    "UNETLoader": _core([("unet_name", "COMBO"), ("weight_dtype", "COMBO")], ["MODEL"]),
+    "CLIPLoader": _core([("clip_name", "COMBO"), ("type", "COMBO")], ["CLIP"], optional=[("device", "COMBO")]),
+    "DualCLIPLoader": _core([("clip_name1", "COMBO"), ("clip_name2", "COMBO"), ("type", "COMBO")], ["CLIP"],
+                            optional=[("device", "COMBO")]),
+    "VAELoader": _core([("vae_name", "COMBO")], ["VAE"]),
+    "ModelSamplingAuraFlow": _core([("model", "MODEL"), ("shift", "FLOAT", {"min": 0.0, "max": 100.0})], ["MODEL"]),
+    "EmptyFlux2LatentImage": _core(_LATENT_SIZE, ["LATENT"]),
+    "EmptyHunyuanImageLatent": _core([("width", "INT", {"min": 64}), ("height", "INT", {"min": 64}),
+                                      ("batch_size", "INT", {"min": 1})], ["LATENT"]),
+    "EmptyChromaRadianceLatentImage": _core(_LATENT_SIZE, ["LATENT"]),
+}

@@ -217,10 +217,19 @@ def _filter_params(name: str, unet_config: dict) -> dict:
         import comfy.ldm.chroma_radiance.model
 
         params = comfy.ldm.chroma_radiance.model.ChromaRadianceParams
-    if params is None:
+    if params is not None:
+        fields = {f.name for f in dataclasses.fields(params)} | {"image_model"}
+        return {k: v for k, v in unet_config.items() if k in fields}
+    import inspect
+
+    import comfy.ldm.lumina.model
+    import comfy.ldm.qwen_image.model
+
+    cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
+    sig = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
         return unet_config
-    fields = {f.name for f in dataclasses.fields(params)} | {"image_model"}
-    return {k: v for k, v in unet_config.items() if k in fields}
+    return {k: v for k, v in unet_config.items() if k in sig}  # e.g. 0.3.64's NextDiT: no rope_theta (fixed 10000)
 
 
 def tiny_family_patcher(name: str, seed: int = 0):
@@ -254,6 +263,10 @@ def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
     g = torch.Generator().manual_seed(seed)
     # every Flux-class model_base reads pooled_output (unused without vector_in)
     extra = {"guidance": 3.5, "pooled_output": torch.randn(1, pooled or 32, generator=g)}
+    if name in ("Lumina 2", "Z-Image"):  # Lumina's text encoder output carries a mask (0.3.64 needs num_tokens)
+        mask = torch.ones(1, tokens, dtype=torch.long)  # as the tokenizer gives it
+        mask[:, -2:] = 0
+        extra["attention_mask"] = mask
     return [[torch.randn(1, tokens, ctx, generator=g), extra]]
 
 

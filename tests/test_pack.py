@@ -37,7 +37,8 @@ def nodes(pack):
 
 @pytest.fixture(scope="module")
 def object_info(nodes):
-    return {**fake.CORE_OBJECT_INFO, **{k: fake.object_info(v) for k, v in nodes.items()}}
+    return {**fake.CORE_OBJECT_INFO, **fake.FAMILY_CORE_OBJECT_INFO,
+            **{k: fake.object_info(v) for k, v in nodes.items()}}
 
 
 # --- entry point -------------------------------------------------------------------------------------
@@ -216,12 +217,49 @@ def test_workflow_valid(path, object_info):
     problems = (W.check_ui(ui, object_info, path) + W.check_twin(ui, api, object_info, path)
                 + W.check_api(api, object_info, path, skip_value_of=("SHARPLoadRSFlux.folder",)))
     assert problems == []
+    if os.path.basename(path).startswith("family_"):
+        _check_family_workflow(ui, api)
+        return
     if "dsdit" in os.path.basename(path):  # DS-DiT: the shipped checkpoint, no download (test_dsdit_nodes.py)
         assert any(n["type"] == "SHARPLoadDSDiT" for n in ui["nodes"])
         return
     loaders = [n for n in ui["nodes"] if n["type"] == "SHARPLoadRSFlux"]
     assert loaders and all(m["url"].startswith("https://huggingface.co/") for n in loaders
                            for m in n["properties"]["models"])
+
+
+def _check_family_workflow(ui, api):
+    """A per-family workflow: stock loaders with download URLs, one SHARP node on auto detection and the
+    family's own base grid, sampled above that grid."""
+    from sharp import families
+
+    fam = families.family(ui["extra"]["sharp_family"])
+    for n in ui["nodes"]:
+        if n["type"] in ("UNETLoader", "CLIPLoader", "DualCLIPLoader") or (
+                n["type"] == "VAELoader" and n["widgets_values"] != ["pixel_space"]):
+            models = n["properties"]["models"]
+            assert {m["name"] for m in models} >= {v for v in n["widgets_values"] if str(v).endswith(".safetensors")}
+            assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/" + m["name"])
+                       for m in models)
+    sharp_nodes = [n for n in api.values() if n["class_type"] == "SHARPResolutionPromotion"]
+    assert len(sharp_nodes) == 1
+    inp = sharp_nodes[0]["inputs"]
+    assert inp["family"] == "auto" and inp["base_resolution"] == 0 and inp["method"] == "sharp"
+    sampling = [n for n in api.values() if n["class_type"] == "ModelSamplingAuraFlow"]
+    if sampling or fam.flux_shift is None:  # a flow shift in the graph or the family's own: nothing to re-shift
+        assert inp["noise_shift"] in ("keep", "sharp") and (inp["noise_shift"] == "keep" or fam.flux_shift is None)
+    sizes = [(n["inputs"]["width"], n["inputs"]["height"]) for n in api.values() if n["class_type"].startswith("Empty")]
+    assert sizes and all(min(w, h) > fam.base_resolution and w % fam.px_per_token == 0 for w, h in sizes)
+
+
+def test_a_workflow_per_family():
+    from sharp import families
+
+    named = {}
+    for f in _workflows():
+        if os.path.basename(f).startswith("family_"):
+            named[json.load(open(f))["extra"]["sharp_family"]] = f
+    assert set(named) == {f.name for f in families.FAMILIES}
 
 
 def test_workflow_contents():
