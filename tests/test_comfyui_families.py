@@ -6,6 +6,9 @@ Families a checkout does not have (Flux.2, Ovis-Image, Z-Image before 0.14.1) sk
 """
 from __future__ import annotations
 
+import glob
+import os
+
 import pytest
 
 from comfyui_harness import skip_without_comfyui
@@ -181,3 +184,75 @@ def test_kontext_uxo_reference_does_not_count(H, built):
     own = ids[..., 0] == 0
     assert float(ids[..., 1][own].max()) + 1 > ABOVE[0]  # the ids rule would count the reference
     assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+
+
+# --- the per-family workflows against a real server's /object_info -----------------------------------
+
+FAMILY_WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "workflows", "family_*.json")))
+MODEL_FILE_INPUTS = ("UNETLoader.unet_name", "CLIPLoader.clip_name", "DualCLIPLoader.clip_name1",
+                     "DualCLIPLoader.clip_name2", "VAELoader.vae_name")  # the files a user downloads
+
+
+@pytest.fixture(scope="module")
+def family_server(H, tmp_path_factory):
+    from test_comfyui_server import Server
+
+    base = str(tmp_path_factory.mktemp("comfy_family_base"))
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(H.ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    srv = Server(base)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _needs(H, f):
+    have, need = H.version_tuple(), tuple(int(p) for p in f.comfyui.split("."))
+    if have < need:
+        pytest.skip(f"{f.name} needs ComfyUI >= {f.comfyui}; this is {H.comfy_version()}")
+
+
+def test_family_core_definitions_match_server(H, family_server):
+    """The always-run workflow checks use hand-written definitions of these core nodes: keep them honest."""
+    import comfy_api_fake
+    import workflow_check as W
+
+    missing = []
+    for t, info in comfy_api_fake.FAMILY_CORE_OBJECT_INFO.items():
+        real = family_server.object_info.get(t)
+        if real is None:
+            missing.append(t)
+            continue
+        key = lambda i: [(n, typ, w, bool(o.get("control_after_generate")), r) for n, typ, w, o, r in W.ordered_inputs(i)]
+        assert key(info) == key(real), t
+        assert info["output"] == real["output"], t
+    if H.version_tuple() >= (0, 14, 1):
+        assert missing == []
+    else:  # only the newer families' latent node may be absent
+        assert set(missing) <= {"EmptyFlux2LatentImage"}
+
+
+@pytest.mark.parametrize("path", FAMILY_WORKFLOWS, ids=os.path.basename)
+def test_family_workflow_validates_against_object_info(H, family_server, path):
+    import json
+
+    import workflow_check as W
+
+    ui = json.load(open(path))
+    api = json.load(open(os.path.join(os.path.dirname(path), "api", os.path.basename(path))))
+    _needs(H, families.family(ui["extra"]["sharp_family"]))
+    oi = family_server.object_info
+    problems = (W.check_ui(ui, oi, path) + W.check_twin(ui, api, oi, path)
+                + W.check_api(api, oi, path, skip_value_of=MODEL_FILE_INPUTS))
+    assert problems == []
+    status, body = family_server.post("/prompt", {"prompt": api})  # the server's own validation
+    errors = json.dumps(body.get("node_errors", {}))
+    assert status == 400 and body.get("node_errors"), errors  # the test server has no model files
+    # only the model files are missing on the test server (value_not_in_list on the file inputs)
+    for nid, err in body.get("node_errors", {}).items():
+        for e in err["errors"]:
+            assert e["type"] == "value_not_in_list" and e["extra_info"]["input_name"] in {
+                k.split(".")[1] for k in MODEL_FILE_INPUTS}, errors

@@ -31,7 +31,9 @@ from comfyui_harness import ROOT, skip_without_comfyui
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
 # the DS-DiT workflows need the example images in ComfyUI's input folder: tests/test_comfyui_dsdit.py
-WORKFLOWS = sorted(p for p in glob.glob(os.path.join(ROOT, "workflows", "*.json")) if "dsdit" not in os.path.basename(p))
+# the per-family workflows (family_*.json) load stock model files: validated in tests/test_comfyui_families.py
+WORKFLOWS = sorted(p for p in glob.glob(os.path.join(ROOT, "workflows", "*.json"))
+                   if "dsdit" not in os.path.basename(p) and not os.path.basename(p).startswith("family_"))
 STANDIN = "tiny-rs-flux"
 BROKEN = "broken-rs-flux"
 
