@@ -113,8 +113,8 @@ def comfy_vae_codec(vae, device) -> CallableVAE:
     if not isinstance(channels, int) or not isinstance(ratio, int):
         raise ValueError(f"the VAE must be an image VAE with an integer downscale (got latent_channels="
                          f"{channels!r}, downscale_ratio={ratio!r}); video/audio VAEs are not supported")
-    return CallableVAE.channels_last(lambda im: vae.encode(im).to(device),
-                                     lambda z: vae.decode(z).to(device), channels, ratio)
+    return CallableVAE.channels_last(lambda im: vae.encode(im).float().to(device),
+                                     lambda z: vae.decode(z).float().to(device), channels, ratio)
 
 
 def _show_on_node(text: str, node_id) -> None:
