@@ -160,6 +160,7 @@ def detect_family(diffusion_model, override: str | None = None, get_embedder=Non
     """The family row of a loaded ComfyUI diffusion_model, from its class, embedder attribute and the
     embedder's theta / axes_dim. `override` (a family name) skips detection but is still checked
     against the embedder's attribute and number of axes. get_embedder: see `find_embedder`."""
+    diffusion_model = getattr(diffusion_model, "_orig_mod", diffusion_model)  # torch.compile'd (TorchCompileModel)
     cls = type(diffusion_model).__name__
     attr, emb = find_embedder(diffusion_model, get_embedder)
     if emb is None:
@@ -181,10 +182,13 @@ def detect_family(diffusion_model, override: str | None = None, get_embedder=Non
         return family
     txt_dims = getattr(getattr(diffusion_model, "params", None), "txt_ids_dims", None)
     txt_dims = tuple(txt_dims) if txt_dims is not None else ()
-    for family in FAMILIES:
-        if (cls in family.classes and attr == family.embedder_attr and axes == family.axes_dim
-                and theta == family.theta and family.txt_ids_dims in (None, txt_dims)):
-            return family
+    # the class or, for subclasses (fine-tune forks), the nearest known base class; most specific first,
+    # so ChromaRadiance (a Chroma subclass) is not taken for Chroma
+    for name in [c.__name__ for c in type(diffusion_model).__mro__]:
+        for family in FAMILIES:
+            if (name in family.classes and attr == family.embedder_attr and axes == family.axes_dim
+                    and theta == family.theta and family.txt_ids_dims in (None, txt_dims)):
+                return family
     # Same constants under an unknown class (a subclass or fork): match on the embedder alone.
     by_constants = [f for f in FAMILIES if attr == f.embedder_attr and axes == f.axes_dim and theta == f.theta
                     and f.txt_ids_dims in (None, txt_dims)]

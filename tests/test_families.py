@@ -214,3 +214,15 @@ def test_kontext_uxo_reference_counts_in_ids_but_not_in_latent_extents():
     assert emb.axis_extents(ids) == {1: h + rh, 2: w + rw}  # the library default (ids) counts the reference
     emb.set_extents(f.latent_extents(2 * h, 2 * w))
     assert emb.axis_extents(ids) == {1: h, 2: w}
+
+
+def test_subclasses_and_compiled_models_are_detected():
+    chroma = type("Chroma", (), {"pe_embedder": type("E", (), {"theta": 10000, "axes_dim": [16, 56, 56]})(),
+                                 "params": None})
+    radiance = type("ChromaRadiance", (chroma,), {})
+    fork = type("MyRadianceFork", (radiance,), {})
+    assert detect_family(radiance()).name == "Chroma Radiance"  # not its base class's row
+    assert detect_family(fork()).name == "Chroma Radiance"
+    assert detect_family(chroma()).name == "Chroma"
+    compiled = type("OptimizedModule", (), {"_orig_mod": radiance()})()  # torch.compile wrapper
+    assert detect_family(compiled).name == "Chroma Radiance"
