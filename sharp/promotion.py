@@ -109,13 +109,16 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, family: str = "Flux.1") -> int:
-    """A positive multiple of px_per_token (one RoPE position) in px."""
+def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, family: str = "Flux.1",
+                          family_default: bool = False) -> int:
+    """A positive multiple of px_per_token (one RoPE position) in px. family_default: the caller also
+    accepts 0 (= the family's training resolution), which the message then mentions."""
     base = int(base_resolution)
     if base < px_per_token or base % px_per_token:
+        zero = "0 (the family's training resolution) or " if family_default else ""
         raise ValueError(
-            f"base_resolution must be 0 (the family's training resolution) or a positive multiple of "
-            f"{px_per_token} px (one RoPE position of {family}), got {base_resolution}."
+            f"base_resolution must be {zero}a positive multiple of {px_per_token} px (one RoPE position of "
+            f"{family}), got {base_resolution}."
         )
     return base
 
@@ -213,7 +216,7 @@ def build_embedder(family: families.Family, method: str = "sharp", base_resoluti
     check_choice("method", method, METHOD_CHOICES)
     base = None
     if int(base_resolution) != FAMILY_DEFAULT:
-        base = check_base_resolution(base_resolution, family.px_per_token, family.name)
+        base = check_base_resolution(base_resolution, family.px_per_token, family.name, family_default=True)
     return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, alpha_s=float(alpha_s),
                                    beta=tuple(beta), gamma=tuple(gamma), mscale=bool(mscale))
 
