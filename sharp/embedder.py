@@ -40,6 +40,8 @@ class RoPEEmbedder(nn.Module):
         (models whose positions are centred on the image). Reference images (index != 0) do not count.
     index_axis: the axis whose value 0 marks the generated image's tokens (Flux: 0, the image index);
         None when every token counts (models without an image-index axis).
+    head_axis: where the singleton head dimension goes in the output: 1 for ComfyUI's Flux EmbedND
+        ([B, 1, L, ...], the default), 2 for embedders that return [B, L, 1, ...] (HiDream).
     params: fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, mscale_coeff, dype_exponent).
 
     Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
@@ -48,7 +50,7 @@ class RoPEEmbedder(nn.Module):
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
                  base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 extent_mode: str = "max", index_axis: int | None = 0, **params):
+                 extent_mode: str = "max", index_axis: int | None = 0, head_axis: int = 1, **params):
         super().__init__()
         self.theta = float(theta)
         if not math.isfinite(self.theta) or self.theta <= 1.0:
@@ -70,6 +72,9 @@ class RoPEEmbedder(nn.Module):
         if index_axis is not None and not 0 <= index_axis < n_axes:
             raise ValueError(f"index_axis {index_axis} must index the {n_axes} axes of axes_dim (or be None)")
         self.index_axis = index_axis
+        if head_axis not in (1, 2):
+            raise ValueError(f"head_axis must be 1 ([B, 1, L, ...]) or 2 ([B, L, 1, ...]), got {head_axis!r}")
+        self.head_axis = head_axis
         self._extents: dict[int, float] | None = None
         self.t = 1.0
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -158,7 +163,7 @@ class RoPEEmbedder(nn.Module):
                                     self.mscale(axis, scale))  # [U, D/2, 2, 2]
             out[:, :, start:start + dim // 2] = table.to(pos.device)[index]
             start += dim // 2
-        return out.unsqueeze(1)  # [B, 1, L, sum(D)/2, 2, 2]
+        return out.unsqueeze(self.head_axis)  # [B, 1, L, sum(D)/2, 2, 2] (head_axis 2: [B, L, 1, ...])
 
     def _check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor):

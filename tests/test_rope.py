@@ -284,3 +284,13 @@ def test_index_axis_none_counts_every_token_and_extents_can_be_fixed():
     assert emb.axis_scales(ids) == {0: 2.0, 1: 1.0}
     with pytest.raises(ValueError, match="each spatial axis"):
         emb.set_extents({0: 64})
+
+
+def test_head_axis_two_gives_the_hidream_layout():
+    ids = flux_ids(96, 80, txt=4)
+    flux = sharp.RoPEEmbedder(method="sharp")(ids)
+    hidream = sharp.RoPEEmbedder(method="sharp", head_axis=2)(ids)
+    assert hidream.shape == (1, ids.shape[1], 1, 64, 2, 2)
+    assert torch.equal(hidream, flux.transpose(1, 2))
+    with pytest.raises(ValueError, match="head_axis"):
+        sharp.RoPEEmbedder(head_axis=0)
