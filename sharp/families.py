@@ -6,7 +6,7 @@ Adding a family is one `Family(...)` row in FAMILIES. Facts are read from ComfyU
 A row says where the model keeps its positional embedder, its RoPE constants, which axes are
 spatial, how the generated image's tokens are told apart in the ids, how the extent is read, and
 the training grid. Our replacement embedder keeps the EmbedND output layout
-[B, 1, L, sum(axes_dim)/2, 2, 2], so any transpose a family applies to the embedder output (Z-Image
+[B, 1, L, sum(axes_dim)/2, 2, 2] (HiDream's: [B, L, 1, ...], `head_axis`), so any transpose a family applies to the embedder output (Z-Image
 and Lumina2 call `.movedim(1, 2)` on it) still happens in the model's own code.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Family:
                                      # (ModelSamplingDiscreteFlow, a fixed shift independent of the size)
     resolution_shift: bool = False   # ComfyUI's size-dependent ModelSamplingFlux node formula (Flux.1's
                                      # base_shift 0.5 / max_shift 1.15) is this family's own
+    head_axis: int = 1        # where the family's embedder puts the singleton head dim: 1 = EmbedND's
+                              # [B, 1, L, ...]; 2 = [B, L, 1, ...] (HiDream's own EmbedND, unsqueeze(2))
 
     @property
     def base_len(self) -> float:
@@ -46,7 +48,8 @@ class Family:
     def embedder_kwargs(self) -> dict:
         """The `sharp.RoPEEmbedder` arguments this family needs besides method and params."""
         return dict(theta=self.theta, axes_dim=self.axes_dim, base_len=self.base_len,
-                    spatial_axes=self.spatial_axes, extent_mode=self.extent_mode, index_axis=self.index_axis)
+                    spatial_axes=self.spatial_axes, extent_mode=self.extent_mode, index_axis=self.index_axis,
+                    head_axis=self.head_axis)
 
     def latent_extents(self, latent_h: int, latent_w: int, latent_px: int | None = None) -> dict[int, float]:
         """Extent per spatial axis from a latent of latent_h x latent_w (latent_px image px per latent px,
@@ -123,6 +126,18 @@ FAMILIES = (
            "supported_models.HunyuanImage21: ModelSamplingDiscreteFlow, shift 5. (HunyuanVideo itself has 3 axes, "
            "theta 256, and matches no row.)",
            latent_px=32),
+    Family("HiDream", ("HiDreamImageTransformer2DModel",), "pe_embedder", (64, 32, 32), 10000.0, (1, 2), 0, "max",
+           "ids", 1024, 16, "0.3.64",
+           "comfy/ldm/hidream/model.py (identical in 0.3.64 and 0.14.1): its own EmbedND(theta=10000, "
+           "axes_dims_rope) returning emb.unsqueeze(2), i.e. [B, L, 1, sum/2, 2, 2] (head_axis 2); _forward: "
+           "pad_to_patch_size, img ids (0, row, col) on the pH x pW patch grid, then text ids all 0 appended "
+           "after the image (so max + 1 is the image extent). model_detection.py: axes_dims_rope [64, 32, 32], "
+           "patch_size 2, in_channels 16, max_resolution [128, 128] latent px (max_seq 4096 tokens = 64 x 64 "
+           "positions = 1024 px). supported_models.HiDream: latent_formats.Flux (/8), sampling_settings {} "
+           "(model_base.HiDream is ModelType.FLOW: ModelSamplingDiscreteFlow, a fixed shift; ComfyUI's "
+           "templates add ModelSamplingSD3). HiDream-E1 (image_cond) concatenates the reference latent along the "
+           "width, so the ids then span twice the width; the promotion sets extents from the generated latent.",
+           latent_px=8, head_axis=2),
 )
 
 NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "

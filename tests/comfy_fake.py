@@ -28,16 +28,20 @@ def stock_rope(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
 
 
 class FakeEmbedND(torch.nn.Module):
-    def __init__(self, theta=10000, axes_dim=(16, 56, 56)):
+    """head_axis: 1 for Flux's EmbedND ([B, 1, L, ...]); 2 for HiDream's own EmbedND, which returns
+    `emb.unsqueeze(2)` ([B, L, 1, ...])."""
+
+    def __init__(self, theta=10000, axes_dim=(16, 56, 56), head_axis=1):
         super().__init__()
         self.theta = theta
         self.axes_dim = list(axes_dim)
         self.dim = sum(axes_dim)
+        self.head_axis = head_axis
 
     def forward(self, ids):
         emb = torch.cat([stock_rope(ids[..., i], self.axes_dim[i], self.theta) for i in range(ids.shape[-1])],
                         dim=-3)
-        return emb.unsqueeze(1)
+        return emb.unsqueeze(self.head_axis)
 
 
 def image_ids(h_tokens: int, w_tokens: int, txt_tokens: int = 4, batch: int = 1) -> torch.Tensor:
@@ -196,10 +200,10 @@ class FamilyDiT(torch.nn.Module):
     (`pe_embedder` / `rope_embedder`), builds ids from x with `ids_fn(h_tokens, w_tokens)` and returns the
     embedder output. `family_dit` names the class like ComfyUI's (detection reads the class name)."""
 
-    def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None):
+    def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None, head_axis=1):
         super().__init__()
         self.attr, self.ids_fn, self.per_token = attr, ids_fn, per_token
-        setattr(self, attr, FakeEmbedND(theta, axes_dim))
+        setattr(self, attr, FakeEmbedND(theta, axes_dim, head_axis))
         if txt_ids_dims is not None:
             self.params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})()
 

@@ -191,7 +191,9 @@ def test_kontext_uxo_reference_does_not_count(H, built):
 FAMILY_WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                  "workflows", "family_*.json")))
 MODEL_FILE_INPUTS = ("UNETLoader.unet_name", "CLIPLoader.clip_name", "DualCLIPLoader.clip_name1",
-                     "DualCLIPLoader.clip_name2", "VAELoader.vae_name")  # the files a user downloads
+                     "DualCLIPLoader.clip_name2", "VAELoader.vae_name", "QuadrupleCLIPLoader.clip_name1",
+                     "QuadrupleCLIPLoader.clip_name2", "QuadrupleCLIPLoader.clip_name3",
+                     "QuadrupleCLIPLoader.clip_name4")  # the files a user downloads
 
 
 @pytest.fixture(scope="module")

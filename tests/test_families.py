@@ -93,7 +93,24 @@ def family_ids(name, h, w, txt=6):
         return torch.stack([torch.full((n,), float(txt + 1)), r, c], -1)[None]
     if name == "HunyuanImage 2.1":
         return torch.cat([torch.zeros(txt, 2), torch.stack([r, c], -1)])[None]
+    if name == "HiDream":  # comfy/ldm/hidream/model.py _forward: image ids (0, row, col) first, text zeros after
+        img = torch.stack([torch.zeros(n), r, c], -1)
+        return torch.cat([img, torch.zeros(txt, 3)])[None]
     raise AssertionError(name)
+
+
+def hidream_embed_nd(ids, axes_dim, theta):
+    """HiDream's own EmbedND (comfy/ldm/hidream/model.py): the Flux rope per axis, concatenated on dim -3,
+    then `.unsqueeze(2)`: [B, L, 1, sum(axes_dim)/2, 2, 2] (Flux's EmbedND: unsqueeze(1))."""
+    flux_layout = stock_embed_nd(ids, axes_dim, theta)  # [B, 1, L, ...]
+    return flux_layout.squeeze(1).unsqueeze(2)
+
+
+def stock(f, ids):
+    """The family's own stock embedder output for ids."""
+    if f.name == "HiDream":
+        return hidream_embed_nd(ids, f.axes_dim, f.theta)
+    return stock_embed_nd(ids, f.axes_dim, f.theta)
 
 
 def channel_ranges(f):
@@ -117,7 +134,7 @@ def test_base_is_stock_for_every_family(f):
     h, w = int(f.base_len * 2), int(f.base_len * 1.5)
     ids = family_ids(f.name, h, w)
     emb = prepared(f, "base", ids, h, w)
-    assert torch.equal(emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta))
+    assert torch.equal(emb(ids), stock(f, ids))
 
 
 @pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
@@ -128,18 +145,19 @@ def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
     h, w = 2 * L0, L0 - 3
     ids = family_ids(f.name, h, w)
     emb = prepared(f, "sharp", ids, h, w)
-    out, stock = emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta)
+    out, want = emb(ids), stock(f, ids)
+    assert out.shape == want.shape
     height, width = f.spatial_axes
     assert emb.axis_scales(ids) == pytest.approx({height: h / f.base_len, width: w / f.base_len})
-    assert not torch.equal(out[..., ch[height], :, :], stock[..., ch[height], :, :])
-    assert torch.equal(out[..., ch[width], :, :], stock[..., ch[width], :, :])
+    assert not torch.equal(out[..., ch[height], :, :], want[..., ch[height], :, :])
+    assert torch.equal(out[..., ch[width], :, :], want[..., ch[width], :, :])
     for a in range(len(f.axes_dim)):
         if a not in f.spatial_axes:
-            assert torch.equal(out[..., ch[a], :, :], stock[..., ch[a], :, :])
+            assert torch.equal(out[..., ch[a], :, :], want[..., ch[a], :, :])
     # at the base grid nothing changes at all
     ids = family_ids(f.name, L0, L0)
     emb = prepared(f, "sharp", ids, L0, L0)
-    assert torch.equal(emb(ids), stock_embed_nd(ids, f.axes_dim, f.theta))
+    assert torch.equal(emb(ids), stock(f, ids))
 
 
 @pytest.mark.parametrize("name", ("Qwen-Image", "Ovis-Image", "Flux.2"))
@@ -214,6 +232,31 @@ def test_kontext_uxo_reference_counts_in_ids_but_not_in_latent_extents():
     assert emb.axis_extents(ids) == {1: h + rh, 2: w + rw}  # the library default (ids) counts the reference
     emb.set_extents(f.latent_extents(2 * h, 2 * w))
     assert emb.axis_extents(ids) == {1: h, 2: w}
+
+
+def test_hidream_row_layout_and_ids():
+    f = family("HiDream")
+    assert detect_family(fake_model("HiDreamImageTransformer2DModel", "pe_embedder", 10000, [64, 32, 32])) is f
+    assert (f.axes_dim, f.theta, f.base_len, f.latent_px, f.flux_shift) == ((64, 32, 32), 10000.0, 64.0, 8, None)
+    h, w, txt = 96, 40, 7
+    ids = family_ids(f.name, h, w, txt)
+    out = families.build_embedder(f, "sharp")(ids)  # extents from the ids: the text zeros do not count
+    assert out.shape == (1, h * w + txt, 1, sum(f.axes_dim) // 2, 2, 2)  # HiDream's [B, L, 1, ...]
+    emb = families.build_embedder(f, "sharp")
+    assert emb.axis_extents(ids) == {1: float(h), 2: float(w)}
+    # the text tokens sit at position 0 on every axis: the identity rotation, scaled by mscale on the
+    # promoted height axis only (mscale is 1 on the unpromoted width axis and on the index axis)
+    ch = channel_ranges(f)
+    text = out[0, h * w:, 0]
+    eye = torch.eye(2).expand_as(text[:, ch[0]])
+    assert torch.equal(text[:, ch[0]], eye) and torch.equal(text[:, ch[2]], torch.eye(2).expand_as(text[:, ch[2]]))
+    m = np_mscale(h / 64, "sharp")
+    assert m > 1 and torch.allclose(text[:, ch[1]], m * torch.eye(2).expand_as(text[:, ch[1]]), atol=1e-6)
+    # HiDream-E1: the reference latent is concatenated along the width, so the ids span 2w columns; the
+    # promotion's extents come from the generated latent (/8 latent, 2x2 patches)
+    e1 = family_ids(f.name, h, 2 * w, txt)
+    emb.set_extents(f.latent_extents(2 * h, 2 * w))
+    assert emb.axis_extents(e1) == {1: float(h), 2: float(w)}
 
 
 def test_subclasses_and_compiled_models_are_detected():

@@ -235,7 +235,7 @@ def _check_family_workflow(ui, api):
 
     fam = families.family(ui["extra"]["sharp_family"])
     for n in ui["nodes"]:
-        if n["type"] in ("UNETLoader", "CLIPLoader", "DualCLIPLoader") or (
+        if n["type"] in ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "QuadrupleCLIPLoader") or (
                 n["type"] == "VAELoader" and n["widgets_values"] != ["pixel_space"]):
             models = n["properties"]["models"]
             assert {m["name"] for m in models} >= {v for v in n["widgets_values"] if str(v).endswith(".safetensors")}
@@ -245,7 +245,7 @@ def _check_family_workflow(ui, api):
     assert len(sharp_nodes) == 1
     inp = sharp_nodes[0]["inputs"]
     assert inp["family"] == "auto" and inp["base_resolution"] == 0 and inp["method"] == "sharp"
-    sampling = [n for n in api.values() if n["class_type"] == "ModelSamplingAuraFlow"]
+    sampling = [n for n in api.values() if n["class_type"] in ("ModelSamplingAuraFlow", "ModelSamplingSD3")]
     if sampling or fam.flux_shift is None:  # a flow shift in the graph or the family's own: nothing to re-shift
         assert inp["noise_shift"] in ("keep", "sharp") and (inp["noise_shift"] == "keep" or fam.flux_shift is None)
     sizes = [(n["inputs"]["width"], n["inputs"]["height"]) for n in api.values() if n["class_type"].startswith("Empty")]

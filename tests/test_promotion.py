@@ -195,8 +195,10 @@ def family_patcher(name, txt=5):
     """A fake patcher whose diffusion model is named and built like the family's ComfyUI class, with
     ids as the family builds them (test_families.family_ids, written from the ComfyUI sources)."""
     f = families.family(name)
+    head_axis = 2 if name == "HiDream" else 1  # HiDream's own EmbedND returns [B, L, 1, ...]
     model = cf.family_dit(f.classes[0], f.embedder_attr, f.theta, f.axes_dim,
-                          lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims)
+                          lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims,
+                          head_axis=head_axis)
     sampling = cf.ModelSamplingFlux(shift=f.flux_shift) if f.flux_shift else cf.ModelSamplingDiscreteFlow()
     return cf.FakeModelPatcher(cf.FakeBaseModel(model, sampling))
 
@@ -229,6 +231,7 @@ def test_each_family_detected_and_its_own_embedder_patched(f):
     for a, d in enumerate(f.axes_dim):
         ch[a], start = slice(start, start + d // 2), start + d // 2
     for r, o in zip(ref, out):
+        assert r.shape == o.shape  # the family's own layout (HiDream: [B, L, 1, ...])
         assert not torch.equal(r[..., ch[f.spatial_axes[0]], :, :], o[..., ch[f.spatial_axes[0]], :, :])
         for a in range(len(f.axes_dim)):
             if a != f.spatial_axes[0]:
@@ -309,7 +312,7 @@ def test_noise_shift_per_family():
         promote(family_patcher("Flux.2"), noise_shift="resolution")
     with pytest.raises(P.UnsupportedModelError, match="Qwen-Image has its own schedule"):
         promote(family_patcher("Qwen-Image"), noise_shift="resolution")
-    for name in ("Z-Image", "Lumina 2", "HunyuanImage 2.1"):  # fixed-shift flow schedules: sharp = keep
+    for name in ("Z-Image", "Lumina 2", "HunyuanImage 2.1", "HiDream"):  # fixed-shift flow schedules: sharp = keep
         patched = promote(family_patcher(name), noise_shift="sharp")
         assert P.SAMPLING_PATH not in patched.object_patches
         with pytest.raises(P.UnsupportedModelError, match="'resolution'"):
