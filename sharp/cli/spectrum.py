@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sharp import spectrum
+from sharp.spectrum_report import spectrum_table
 
 
 def register(sub) -> None:
@@ -38,12 +38,7 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(p).name for p in args.images]
     if len(set(names)) < len(names):  # same file name in several folders: show the paths
         names = list(args.images)
-    width = max(len(n) for n in names)
-    print(f"{'image':<{width}}  {'size':>11}  HF ratio (> {args.cutoff:g} Nyquist)")
-    for name, image in tqdm(list(zip(names, images)), desc="spectra", disable=len(images) < 4):
-        ratio = spectrum.hf_energy_ratio(image, args.cutoff)
-        size = f"{image.shape[1]}x{image.shape[0]}"
-        tqdm.write(f"{name:<{width}}  {size:>11}  {ratio:.6f}")
+    print(spectrum_table(images, names, args.cutoff))
     if args.plot:
         from sharp.plots import plot_spectra, save_figure
 
