@@ -182,7 +182,15 @@ TINY_FAMILIES = {
         hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[64, 64], theta=256,
         patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False,
         use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False), 64, 64, None),
+    # HiDream: one head of 64 + 32 + 32 = 128; caption_channels [T5, Llama] = [64, 64]; llama_layers picks one
+    # Llama layer per block (num_layers + num_single_layers = 2); the MoE keeps 2 experts, 1 active
+    "HiDream": ("HiDream", dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=1,
+                                num_single_layers=1, attention_head_dim=128, num_attention_heads=1,
+                                caption_channels=[64, 64], text_emb_dim=32, num_routed_experts=2,
+                                num_activated_experts=1, axes_dims_rope=[64, 32, 32], max_resolution=[128, 128],
+                                llama_layers=[0, 1]), 16, 64, 32),
 }
+HIDREAM_LLAMA_LAYERS = 2  # layers of the (fake) Llama hidden states in conditioning_llama3
 
 
 def has_family(name: str) -> str | None:
@@ -222,10 +230,12 @@ def _filter_params(name: str, unet_config: dict) -> dict:
         return {k: v for k, v in unet_config.items() if k in fields}
     import inspect
 
+    import comfy.ldm.hidream.model
     import comfy.ldm.lumina.model
     import comfy.ldm.qwen_image.model
 
-    cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
+    cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
+           "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
     sig = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
         return unet_config
@@ -267,6 +277,9 @@ def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
         mask = torch.ones(1, tokens, dtype=torch.long)  # as the tokenizer gives it
         mask[:, -2:] = 0
         extra["attention_mask"] = mask
+    if name == "HiDream":  # model_base.HiDream.extra_conds: conditioning_llama3 -> encoder_hidden_states_llama3
+        llama_dim = TINY_FAMILIES[name][1]["caption_channels"][1]
+        extra["conditioning_llama3"] = torch.randn(1, HIDREAM_LLAMA_LAYERS, tokens, llama_dim, generator=g)
     return [[torch.randn(1, tokens, ctx, generator=g), extra]]
 
 
