@@ -56,8 +56,8 @@ class ResolutionPromotion(io.ComfyNode):
                 io.Int.Input(
                     "base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
                     tooltip="Training resolution of the model in pixels; 0 = the detected family's own (Flux.1, "
-                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream: 1024; Qwen-Image: 1328; HunyuanImage "
-                            "2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
+                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream, OmniGen2: 1024; Qwen-Image: 1328; "
+                            "HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
                 ),
                 io.Float.Input(
                     "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
@@ -69,9 +69,9 @@ class ResolutionPromotion(io.ComfyNode):
                     tooltip=(
                         f"sharp: the family's fixed noise shift at every size (Flux.1, Chroma, Ovis, Qwen-Image: "
                         f"mu = {FLUX_SHIFT_MU}, as the SHARP authors sample; Flux.2: 2.02; Z-Image, Lumina 2, "
-                        "HunyuanImage 2.1 and HiDream already use a fixed shift, left as is). resolution: ComfyUI's "
-                        "width/height-dependent Flux.1 shift, size read from the latent (Flux.1, Ovis, Chroma "
-                        "only). keep: leave the model's schedule (e.g. from a ModelSampling node) alone."
+                        "HunyuanImage 2.1, HiDream and OmniGen2 already use a fixed shift, left as is). resolution: "
+                        "ComfyUI's width/height-dependent Flux.1 shift, size read from the latent (Flux.1, Ovis, "
+                        "Chroma only). keep: leave the model's schedule (e.g. from a ModelSampling node) alone."
                     ),
                 ),
                 io.Float.Input(

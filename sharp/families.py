@@ -20,7 +20,7 @@ from sharp import rope
 class Family:
     name: str
     classes: tuple            # class names of ComfyUI's diffusion_model for this family
-    embedder_attr: str        # attribute of diffusion_model holding the multi-axis RoPE embedder
+    embedder_attr: str        # attribute (dotted path) of diffusion_model holding the multi-axis RoPE embedder
     axes_dim: tuple
     theta: float
     spatial_axes: tuple       # axes promoted by SHARP (height, width)
@@ -138,6 +138,19 @@ FAMILIES = (
            "templates add ModelSamplingSD3). HiDream-E1 (image_cond) concatenates the reference latent along the "
            "width, so the ids then span twice the width; the promotion sets extents from the generated latent.",
            latent_px=8, head_axis=2),
+    Family("OmniGen2", ("OmniGen2Transformer2DModel",), "rope_embedder.rope_embedder", (40, 40, 40), 10000.0, (1, 2),
+           None, "max", "latent", 1024, 16, "0.3.64",
+           "comfy/ldm/omnigen/omnigen2.py (identical in 0.3.64 and 0.14.1): diffusion_model.rope_embedder is an "
+           "OmniGen2RotaryPosEmbed (it also carries theta / axes_dim) that builds the ids and calls its inner "
+           "comfy.ldm.flux.layers.EmbedND at rope_embedder.rope_embedder once per model call, then .movedim(1, 2) "
+           "on the output. Ids: caption token k at (k, k, k) (on both spatial axes), each reference image at "
+           "index cap_len + the max(H, W) tokens of the references before it with rows/cols from 0, the "
+           "generated image last at the next index with rows/cols from 0 on the padded latent; so the extents "
+           "come from the latent, and only the inner EmbedND is replaced. model_detection.py: axes_dim_rope "
+           "[40, 40, 40], theta 10000 (fixed in the class), patch 2, in_channels 16; supported_models.Omnigen2: "
+           "latent_formats.Flux (/8), sampling shift 2.6 with ModelType.FLOW (ModelSamplingDiscreteFlow, "
+           "fixed). Base 1024 px: OmniGen2's default generation size (not stated in ComfyUI's source).",
+           latent_px=8),
 )
 
 NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "
@@ -160,12 +173,28 @@ def supported_families_text() -> str:
     return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
 
 
+def get_path(obj, path: str):
+    """obj.a.b for path "a.b"; None where any part is missing."""
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def embedder_attrs() -> list[str]:
+    """The known embedder attributes, deepest path first: OmniGen2's inner EmbedND
+    (rope_embedder.rope_embedder) is found before its wrapper (rope_embedder, Lumina 2's own embedder)."""
+    attrs = list(dict.fromkeys(f.embedder_attr for f in FAMILIES))
+    return sorted(attrs, key=lambda a: -a.count("."))
+
+
 def find_embedder(diffusion_model, get_embedder=None) -> tuple[str, object]:
-    """(attribute name, embedder) of the first known RoPE embedder attribute on the model.
-    get_embedder(attr): how to read it (default getattr; the promotion reads through the patcher so
-    that another pack's object patch is what gets checked)."""
-    for attr in dict.fromkeys(f.embedder_attr for f in FAMILIES):
-        emb = get_embedder(attr) if get_embedder else getattr(diffusion_model, attr, None)
+    """(attribute path, embedder) of the first known RoPE embedder attribute on the model.
+    get_embedder(attr): how to read it (default: the attribute path; the promotion reads through the
+    patcher so that another pack's object patch is what gets checked)."""
+    for attr in embedder_attrs():
+        emb = get_embedder(attr) if get_embedder else get_path(diffusion_model, attr)
         if emb is not None:
             return attr, emb
     return "", None

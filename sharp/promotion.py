@@ -9,7 +9,8 @@ without ComfyUI.
 What a promoted clone does:
 - the model's family is detected (`sharp.families.detect_family`: class, embedder attribute, theta,
   axes_dim; or named by an override), and its own multi-axis RoPE embedder
-  (`diffusion_model.<family.embedder_attr>`: `pe_embedder`, or `rope_embedder` for Lumina 2 / Z-Image)
+  (`diffusion_model.<family.embedder_attr>`: `pe_embedder`, `rope_embedder` for Lumina 2 / Z-Image, or
+  OmniGen2's inner `rope_embedder.rope_embedder`)
   is replaced by a fresh `sharp.RoPEEmbedder` built from the family row (one instance per clone, so two
   promoted clones never share a time or an extent); the original model object is never modified
   (object patches are applied while the clone is loaded and reverted afterwards);
@@ -21,8 +22,8 @@ What a promoted clone does:
   caption and image in separate calls (Lumina 2, Z-Image) rotate both with one scale;
 - the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (Flux.1, Chroma,
   Ovis-Image, Qwen-Image: mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux;
-  families sampled with ModelSamplingDiscreteFlow (Lumina 2, Z-Image, HunyuanImage 2.1) already have a
-  fixed, size-independent shift, which "sharp" leaves as it is. "resolution" applies ComfyUI's
+  families sampled with ModelSamplingDiscreteFlow (Lumina 2, Z-Image, HunyuanImage 2.1, HiDream, OmniGen2)
+  already have a fixed, size-independent shift, which "sharp" leaves as it is. "resolution" applies ComfyUI's
   width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
   at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
   belongs to. "keep" leaves the model's noise schedule alone.
@@ -179,7 +180,7 @@ class StepTime:
         sigma_max = getattr(sampling, "sigma_max", 1.0)
         time = normalised_time(t, sigma_max)
         attr = self.family.embedder_attr if self.family is not None else "pe_embedder"
-        live = getattr(getattr(base_model, "diffusion_model", None), attr, None)
+        live = families.get_path(getattr(base_model, "diffusion_model", None), attr)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
         target.set_time(time)
         if self.extents_from_latent:

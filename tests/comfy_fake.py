@@ -202,14 +202,31 @@ class FamilyDiT(torch.nn.Module):
 
     def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None, head_axis=1):
         super().__init__()
-        self.attr, self.ids_fn, self.per_token = attr, ids_fn, per_token
-        setattr(self, attr, FakeEmbedND(theta, axes_dim, head_axis))
+        self.ids_fn, self.per_token = ids_fn, per_token
+        head, _, inner = attr.partition(".")
+        self.attr = head
+        emb = FakeEmbedND(theta, axes_dim, head_axis)
+        # a dotted attr (OmniGen2's "rope_embedder.rope_embedder"): a wrapper holding the EmbedND
+        setattr(self, head, FakeRotaryPosEmbed(theta, axes_dim, inner, emb) if inner else emb)
         if txt_ids_dims is not None:
             self.params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})()
 
     def forward(self, x, timestep, **kwargs):
         h, w = -(-x.shape[-2] // self.per_token), -(-x.shape[-1] // self.per_token)  # padded patchify
         return getattr(self, self.attr)(self.ids_fn(h, w).repeat(x.shape[0], 1, 1))
+
+
+class FakeRotaryPosEmbed(torch.nn.Module):
+    """Stand-in for OmniGen2's OmniGen2RotaryPosEmbed: carries theta / axes_dim itself, holds the EmbedND
+    at `inner` (its `rope_embedder`), calls it with the ids and moves the head dim (`.movedim(1, 2)`)."""
+
+    def __init__(self, theta, axes_dim, inner, embedder):
+        super().__init__()
+        self.theta, self.axes_dim, self.inner = theta, list(axes_dim), inner
+        setattr(self, inner, embedder)
+
+    def forward(self, ids):
+        return getattr(self, self.inner)(ids).movedim(1, 2)
 
 
 def family_dit(class_name, *args, **kwargs) -> FamilyDiT:

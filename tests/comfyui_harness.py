@@ -189,6 +189,12 @@ TINY_FAMILIES = {
                                 caption_channels=[64, 64], text_emb_dim=32, num_routed_experts=2,
                                 num_activated_experts=1, axes_dims_rope=[64, 32, 32], max_resolution=[128, 128],
                                 llama_layers=[0, 1]), 16, 64, 32),
+    # OmniGen2: one head of 40 + 40 + 40 = 120 (one kv head), 1 layer and 1 refiner layer of each kind
+    "OmniGen2": ("Omnigen2", dict(image_model="omnigen2", patch_size=2, in_channels=16, out_channels=None,
+                                  hidden_size=120, num_layers=1, num_refiner_layers=1, num_attention_heads=1,
+                                  num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+                                  axes_dim_rope=[40, 40, 40], axes_lens=[300, 512, 512], text_feat_dim=64,
+                                  timestep_scale=1000.0), 16, 64, None),
 }
 HIDREAM_LLAMA_LAYERS = 2  # layers of the (fake) Llama hidden states in conditioning_llama3
 
@@ -232,10 +238,12 @@ def _filter_params(name: str, unet_config: dict) -> dict:
 
     import comfy.ldm.hidream.model
     import comfy.ldm.lumina.model
+    import comfy.ldm.omnigen.omnigen2
     import comfy.ldm.qwen_image.model
 
     cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
-           "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
+           "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel,
+           "OmniGen2": comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
     sig = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
         return unet_config
@@ -273,9 +281,10 @@ def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
     g = torch.Generator().manual_seed(seed)
     # every Flux-class model_base reads pooled_output (unused without vector_in)
     extra = {"guidance": 3.5, "pooled_output": torch.randn(1, pooled or 32, generator=g)}
-    if name in ("Lumina 2", "Z-Image"):  # Lumina's text encoder output carries a mask (0.3.64 needs num_tokens)
+    if name in ("Lumina 2", "Z-Image", "OmniGen2"):  # the text encoder output carries a mask (-> num_tokens)
         mask = torch.ones(1, tokens, dtype=torch.long)  # as the tokenizer gives it
-        mask[:, -2:] = 0
+        if name != "OmniGen2":  # OmniGen2's ids take num_tokens caption positions but all context tokens: the
+            mask[:, -2:] = 0      # stock model itself fails on a padded caption, so its mask is all ones
         extra["attention_mask"] = mask
     if name == "HiDream":  # model_base.HiDream.extra_conds: conditioning_llama3 -> encoder_hidden_states_llama3
         llama_dim = TINY_FAMILIES[name][1]["caption_channels"][1]

@@ -12,7 +12,11 @@ from reference_rope import np_frequencies, np_mscale, stock_embed_nd
 def fake_model(class_name, attr, theta, axes_dim, txt_ids_dims=None):
     emb = type("EmbedND", (), {"theta": theta, "axes_dim": list(axes_dim)})()
     params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})() if txt_ids_dims is not None else None
-    return type(class_name, (), {attr: emb, "params": params})()
+    *outer, last = attr.split(".")
+    for name in reversed(outer):  # OmniGen2: a wrapper that carries theta / axes_dim too, the EmbedND inside
+        emb = type("OmniGen2RotaryPosEmbed", (), {"theta": theta, "axes_dim": list(axes_dim), last: emb})()
+        last = name
+    return type(class_name, (), {last: emb, "params": params})()
 
 
 def family(name):
@@ -93,6 +97,10 @@ def family_ids(name, h, w, txt=6):
         return torch.stack([torch.full((n,), float(txt + 1)), r, c], -1)[None]
     if name == "HunyuanImage 2.1":
         return torch.cat([torch.zeros(txt, 2), torch.stack([r, c], -1)])[None]
+    if name == "OmniGen2":  # comfy/ldm/omnigen/omnigen2.py OmniGen2RotaryPosEmbed: caption k at (k, k, k),
+        # then the generated image at index cap_len (no references), rows / cols from 0
+        text = torch.arange(txt, dtype=torch.float32)[:, None].repeat(1, 3)
+        return torch.cat([text, torch.stack([torch.full((n,), float(txt)), r, c], -1)])[None]
     if name == "HiDream":  # comfy/ldm/hidream/model.py _forward: image ids (0, row, col) first, text zeros after
         img = torch.stack([torch.zeros(n), r, c], -1)
         return torch.cat([img, torch.zeros(txt, 3)])[None]
@@ -160,7 +168,7 @@ def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
     assert torch.equal(emb(ids), stock(f, ids))
 
 
-@pytest.mark.parametrize("name", ("Qwen-Image", "Ovis-Image", "Flux.2"))
+@pytest.mark.parametrize("name", ("Qwen-Image", "Ovis-Image", "Flux.2", "OmniGen2"))
 def test_text_tokens_on_spatial_axes_get_the_promoted_rotation_of_their_position(name):
     # RoPE stays relative across text and image tokens: a text token at position p on a promoted axis
     # is rotated by the same promoted frequencies (and mscale) as an image token at p would be.
@@ -257,6 +265,27 @@ def test_hidream_row_layout_and_ids():
     e1 = family_ids(f.name, h, 2 * w, txt)
     emb.set_extents(f.latent_extents(2 * h, 2 * w))
     assert emb.axis_extents(e1) == {1: float(h), 2: float(w)}
+
+
+def test_omnigen2_inner_embedder_is_found_and_text_does_not_count():
+    f = family("OmniGen2")
+    model = fake_model("OmniGen2Transformer2DModel", "rope_embedder.rope_embedder", 10000, [40, 40, 40])
+    assert detect_family(model) is f
+    attr, emb = families.find_embedder(model)
+    assert attr == "rope_embedder.rope_embedder" and emb is model.rope_embedder.rope_embedder
+    # Lumina 2 (NextDiT) keeps its EmbedND at rope_embedder itself: still found there
+    lumina = fake_model("NextDiT", "rope_embedder", 10000.0, (32, 32, 32))
+    assert families.find_embedder(lumina)[0] == "rope_embedder" and detect_family(lumina).name == "Lumina 2"
+    # a longer caption than the image: its (k, k, k) ids reach past the image on both spatial axes, and the
+    # image sits at index cap_len (not 0), so neither the ids rule nor an index axis gives the image size
+    h, w, txt = 50, 40, 120
+    ids = family_ids(f.name, h, w, txt)
+    emb = families.build_embedder(f, "sharp")
+    assert emb.axis_extents(ids) == {1: float(txt), 2: float(txt)}
+    emb.set_extents(f.latent_extents(2 * h, 2 * w))  # what the promotion does each call
+    assert emb.axis_extents(ids) == {1: float(h), 2: float(w)}
+    assert (f.axes_dim, f.theta, f.base_len, f.latent_px, f.flux_shift, f.head_axis) == ((40, 40, 40), 10000.0,
+                                                                                          64.0, 8, None, 1)
 
 
 def test_subclasses_and_compiled_models_are_detected():

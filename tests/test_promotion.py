@@ -236,7 +236,7 @@ def test_each_family_detected_and_its_own_embedder_patched(f):
         for a in range(len(f.axes_dim)):
             if a != f.spatial_axes[0]:
                 assert torch.equal(r[..., ch[a], :, :], o[..., ch[a], :, :])
-    assert isinstance(getattr(model.model.diffusion_model, f.embedder_attr), cf.FakeEmbedND)  # reverted
+    assert isinstance(families.get_path(model.model.diffusion_model, f.embedder_attr), cf.FakeEmbedND)  # reverted
 
 
 @pytest.mark.parametrize("f", families.FAMILIES, ids=lambda f: f.name)
@@ -268,6 +268,23 @@ def test_unsupported_models_name_the_families():
     video = cf.family_dit("HunyuanVideo", "pe_embedder", 256, (16, 56, 56), None, 1)  # 3 axes: not the image model
     with pytest.raises(P.UnsupportedModelError, match="matches no known family"):
         promote(cf.FakeModelPatcher(cf.FakeBaseModel(video, cf.OtherSampling())))
+
+
+def test_omnigen2_inner_embedder_patched_and_long_captions_do_not_count():
+    f = families.family("OmniGen2")
+    model = family_patcher(f.name, txt=200)  # caption ids (k, k, k) up to 199 on both spatial axes
+    dit = model.model.diffusion_model
+    wrapper, stock = dit.rope_embedder, dit.rope_embedder.rope_embedder
+    patched = promote(model, noise_shift="keep", base_resolution=0)
+    assert list(patched.object_patches) == ["diffusion_model.rope_embedder.rope_embedder"]
+    emb = patched.get_model_object("diffusion_model.rope_embedder.rope_embedder")
+    assert isinstance(emb, sharp.RoPEEmbedder)
+    out = patched.sample(torch.zeros(1, 16, 160, 112), cf.flux_sigmas(1))  # 80 x 56 positions
+    assert emb.axis_scales(torch.zeros(1, 1, 3)) == {1: 80 / 64, 2: 56 / 64}
+    assert out[0].shape[1] == 200 + 80 * 56 and out[0].shape[2] == 1  # the wrapper's movedim(1, 2) still runs
+    assert dit.rope_embedder is wrapper and dit.rope_embedder.rope_embedder is stock  # reverted
+    again = promote(patched, noise_shift="keep", method="yarn")  # re-promotion finds our embedder there
+    assert again.get_model_object("diffusion_model.rope_embedder.rope_embedder").method == "yarn"
 
 
 def test_latent_extents_ignore_text_on_spatial_axes():
@@ -312,7 +329,7 @@ def test_noise_shift_per_family():
         promote(family_patcher("Flux.2"), noise_shift="resolution")
     with pytest.raises(P.UnsupportedModelError, match="Qwen-Image has its own schedule"):
         promote(family_patcher("Qwen-Image"), noise_shift="resolution")
-    for name in ("Z-Image", "Lumina 2", "HunyuanImage 2.1", "HiDream"):  # fixed-shift flow schedules: sharp = keep
+    for name in ("Z-Image", "Lumina 2", "HunyuanImage 2.1", "HiDream", "OmniGen2"):  # fixed-shift flow: sharp = keep
         patched = promote(family_patcher(name), noise_shift="sharp")
         assert P.SAMPLING_PATH not in patched.object_patches
         with pytest.raises(P.UnsupportedModelError, match="'resolution'"):
