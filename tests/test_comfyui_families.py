@@ -186,6 +186,60 @@ def test_kontext_uxo_reference_does_not_count(H, built):
     assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
 
 
+def _sample_with(H, patched, name, ch, hw, extra, seed=0):
+    import torch
+
+    pos, neg = H.family_conditioning(name, 1), H.family_conditioning(name, 2)
+    for c in (pos, neg):
+        c[0][1].update(extra)
+    noise = torch.randn(1, ch, *hw, generator=torch.Generator().manual_seed(seed))
+    comfy = H.import_comfy()
+    return comfy.sample.sample(patched, noise, 2, 1.0, "euler", "simple", pos, neg, torch.zeros_like(noise),
+                               disable_pbar=True, seed=seed)
+
+
+def test_omnigen2_reference_images_and_caption_do_not_count(H, built):
+    """OmniGen2 puts each reference image at its own index with rows/cols from 0 and the caption at
+    (k, k, k); the patched inner EmbedND gets all of them in one call, the extents come from the latent."""
+    import torch
+
+    f = families.family("OmniGen2")
+    model, ch = built("OmniGen2")
+    patched = promote(H, model, f, method="sharp")
+    emb, calls, _ = record(patched, f)
+    rh, rw = 2 * 16, 2 * 14  # a reference of 16 x 14 positions, larger than the generated image's width
+    ref = torch.randn(1, ch, rh, rw, generator=torch.Generator().manual_seed(4))
+    out = _sample_with(H, patched, "OmniGen2", ch, latent_hw(f, ABOVE), {"reference_latents": [ref]})
+    assert torch.isfinite(out).all()
+    ids = calls[0][0]
+    tokens = 8  # family_conditioning's caption
+    assert ids.shape[1] == tokens + 16 * 14 + ABOVE[0] * ABOVE[1]  # caption + reference + image, one call
+    assert float(ids[..., 1].max()) + 1 == 16 and float(ids[..., 2].max()) + 1 == 14  # the reference's grid
+    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+    height, width = f.spatial_axes
+    stock = model.get_model_object(path(f))
+    for ids, o, _t in calls:  # every token of the one call: the width axis (below the base grid) is stock
+        assert torch.equal(o[..., channels(f, width), :, :], stock(ids)[..., channels(f, width), :, :])
+
+
+def test_hidream_e1_image_cond_does_not_count(H, built):
+    """HiDream-E1 concatenates the reference latent (concat_latent_image -> image_cond) to the right of
+    the generated one: the ids span twice the width, the extents stay the generated latent's."""
+    import torch
+
+    f = families.family("HiDream")
+    model, ch = built("HiDream")
+    patched = promote(H, model, f, method="sharp")
+    emb, calls, _ = record(patched, f)
+    hw = latent_hw(f, ABOVE)
+    cond = torch.randn(1, ch, *hw, generator=torch.Generator().manual_seed(5))
+    out = _sample_with(H, patched, "HiDream", ch, hw, {"concat_latent_image": cond})
+    assert torch.isfinite(out).all() and tuple(out.shape[-2:]) == hw
+    ids = calls[0][0]
+    assert float(ids[..., 2].max()) + 1 == 2 * ABOVE[1]  # the ids rule would see twice the width
+    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+
+
 # --- the per-family workflows against a real server's /object_info -----------------------------------
 
 FAMILY_WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
