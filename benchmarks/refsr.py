@@ -10,6 +10,8 @@ Per image (480x480 HR, x4): PSNR and SSIM (RGB, 8-bit) and log-spectral distance
   ref+AG           with Ref and autoguidance v = v_weak + g (v_ref - v_weak)
   wrong-ref        with another scene's Ref (the next image's): Ref effect = ref - wrong-ref
   ref-unregistered with the Ref as given (no shift / colour registration)
+  null-ref         with the upsampled LR itself as the Ref (no information beyond the LR): shows
+                   how much of "ref - weak" is the second attention branch rather than the Ref
 plus PLW weight statistics (mean w, 1 = LR) with the true and a wrong Ref, time per image, and
 peak memory (max RSS of a child process) at 512^2 and 2048^2 output, tiled.
 Runtime: about 1-2 minutes per image on one CPU core; --limit keeps it modest.
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
         return t[0].permute(1, 2, 0).numpy()
 
     triplets = [tuple(to_hwc(t) for t in folder.load(i)) for i in range(n)]
-    all_names = ["bicubic", "weak", "ref", "ref+AG", "wrong-ref", "ref-unregistered"]
+    all_names = ["bicubic", "weak", "ref", "ref+AG", "wrong-ref", "ref-unregistered", "null-ref"]
     chosen = {v.strip() for v in args.variants.split(",") if v.strip()}
     unknown = chosen - set(all_names)
     if unknown:
@@ -168,6 +170,8 @@ def main(argv=None) -> int:
             times["ref+AG"].append(time.perf_counter() - t0)
         if "wrong-ref" in names:
             outs["wrong-ref"] = super_resolve(model, lr, wrong, **kw)
+        if "null-ref" in names:
+            outs["null-ref"] = super_resolve(model, lr, up, register=False, **kw)
         if "ref-unregistered" in names:
             outs["ref-unregistered"] = super_resolve(model, lr, ref, register=False, **kw)
         for name, out in outs.items():
