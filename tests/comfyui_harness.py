@@ -303,3 +303,24 @@ def sample_family(name: str, patcher, channels: int, latent_hw, steps=3, seed=0,
     pos, neg = family_conditioning(name, 1), family_conditioning(name, 2)
     return comfy.sample.sample(patcher, noise, steps, 1.0, sampler, scheduler, pos, neg, latent,
                                sigmas=sigmas, disable_pbar=True, seed=seed)
+
+
+def random_taesd_state_dict(channels: int = 16, seed: int = 1) -> dict:
+    """Random weights in the key layout of ComfyUI's own TAESD class (whose layers skip weight init)."""
+    import torch
+
+    import_comfy()
+    import comfy.taesd.taesd
+
+    layout = comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict()
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in layout.items():
+        if k == "vae_scale":
+            sd[k] = torch.ones_like(v)
+        elif k.endswith("bias") or k == "vae_shift":
+            sd[k] = torch.zeros_like(v)
+        else:
+            fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
+            sd[k] = (torch.randn(v.shape, generator=g) * fan_in ** -0.5).to(v.dtype)
+    return sd

@@ -24,14 +24,6 @@ INPUTS = {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}
 
 
 @pytest.fixture(scope="module")
-def H():
-    import comfyui_harness
-
-    comfyui_harness.import_pack()
-    return comfyui_harness
-
-
-@pytest.fixture(scope="module")
 def dsdit(H):
     return H.pack_module("nodes.dsdit")
 
@@ -133,21 +125,10 @@ def test_interrupt_stops_the_node(H, dsdit):
 def _random_taesd(channels=16):
     """A ComfyUI VAE (TAESD layout, random weights) built with ComfyUI's own classes."""
     import comfy.sd
-    import comfy.taesd.taesd
-    import torch
 
-    layout = comfy.taesd.taesd.TAESD(latent_channels=channels).state_dict()
-    g = torch.Generator().manual_seed(1)
-    sd = {}
-    for k, v in layout.items():
-        if k == "vae_scale":
-            sd[k] = torch.ones_like(v)
-        elif k.endswith("bias") or k == "vae_shift":
-            sd[k] = torch.zeros_like(v)
-        else:
-            fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
-            sd[k] = (torch.randn(v.shape, generator=g) * fan_in ** -0.5).to(v.dtype)
-    return comfy.sd.VAE(sd=sd)
+    import comfyui_harness
+
+    return comfy.sd.VAE(sd=comfyui_harness.random_taesd_state_dict(channels))
 
 
 def test_latent_checkpoint_with_comfy_vae(H, dsdit, tmp_path):

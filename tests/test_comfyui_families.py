@@ -24,14 +24,6 @@ WITHIN = (8, 5)
 
 
 @pytest.fixture(scope="module")
-def H():
-    import comfyui_harness
-
-    comfyui_harness.import_pack()
-    return comfyui_harness
-
-
-@pytest.fixture(scope="module")
 def built(H):
     cache = {}
 

@@ -15,14 +15,6 @@ pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
 
 @pytest.fixture(scope="module")
-def H():
-    import comfyui_harness
-
-    comfyui_harness.import_pack()
-    return comfyui_harness
-
-
-@pytest.fixture(scope="module")
 def tiny_folder(H, tmp_path_factory):
     import folder_paths
 

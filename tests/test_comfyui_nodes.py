@@ -16,14 +16,6 @@ EMB = "diffusion_model.pe_embedder"
 
 
 @pytest.fixture(scope="module")
-def H():
-    import comfyui_harness
-
-    comfyui_harness.import_pack()
-    return comfyui_harness
-
-
-@pytest.fixture(scope="module")
 def base_model(H):
     return H.tiny_flux_patcher(seed=0)
 

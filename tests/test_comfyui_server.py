@@ -41,7 +41,6 @@ BROKEN = "broken-rs-flux"
 # --- stand-in weights -------------------------------------------------------------------------------
 
 def _write_standins(models: str) -> None:
-    import torch
     from safetensors.torch import save_file
 
     from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
@@ -53,20 +52,9 @@ def _write_standins(models: str) -> None:
     os.makedirs(os.path.join(folder, "text_encoder"))
     save_file(_random_clip_l(), os.path.join(folder, "text_encoder", "model.safetensors"))
 
-    import comfy.taesd.taesd
+    import comfyui_harness
 
-    # ComfyUI's own TAESD class gives the key layout; its layers skip weight init, so fill them here
-    layout = comfy.taesd.taesd.TAESD(latent_channels=16).state_dict()
-    g = torch.Generator().manual_seed(1)
-    vae_sd = {}
-    for k, v in layout.items():
-        if k == "vae_scale":
-            vae_sd[k] = torch.ones_like(v)
-        elif k.endswith("bias") or k == "vae_shift":
-            vae_sd[k] = torch.zeros_like(v)
-        else:
-            fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
-            vae_sd[k] = (torch.randn(v.shape, generator=g) * fan_in ** -0.5).to(v.dtype)
+    vae_sd = comfyui_harness.random_taesd_state_dict(16)
     os.makedirs(os.path.join(folder, "vae"))
     save_file(vae_sd, os.path.join(folder, "vae", "diffusion_pytorch_model.safetensors"))
 

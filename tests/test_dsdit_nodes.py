@@ -2,7 +2,6 @@
 loading, super-resolution through execute, progress, interruption, the VAE input, bad inputs, the workflow."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 
@@ -20,18 +19,6 @@ from sharp.refsr.config import DSDiTConfig
 ROOT = fake.ROOT
 SHIPPED_FILE = os.path.join(ROOT, "sharp", "refsr", "weights", "dsdit_small.safetensors")
 WORKFLOW = "dsdit_refsr_x4"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    with fake.installed() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    ext = asyncio.run(pack.comfy_entrypoint())
-    return {n.define_schema().node_id: n for n in asyncio.run(ext.get_node_list())}
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """The node pack without ComfyUI: entry point, schemas, node execute through fakes, pyproject, workflows."""
 from __future__ import annotations
 
-import asyncio
 import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,18 +19,6 @@ from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
 ROOT = fake.ROOT
 NODE_IDS = {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
             "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR"}
-
-
-@pytest.fixture(scope="module")
-def pack():
-    with fake.installed() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    ext = asyncio.run(pack.comfy_entrypoint())
-    return {n.define_schema().node_id: n for n in asyncio.run(ext.get_node_list())}
 
 
 @pytest.fixture(scope="module")
