@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from sharp import plots, promotion, schedule
+from sharp import plots, promotion, rope, schedule
 
 from .spectrum import figure_to_image
 
@@ -40,5 +40,5 @@ class SchedulePreview(io.ComfyNode):
         promotion.check_choice("method", method, promotion.METHOD_CHOICES)
         base = promotion.check_base_resolution(base_resolution)
         sched = schedule.rope_schedule(int(width), int(height), method=method, steps=int(steps),
-                                       base_len=base // promotion.PATCH_PX, alpha_s=float(alpha_s))
+                                       base_len=rope.base_len_from_resolution(base), alpha_s=float(alpha_s))
         return io.NodeOutput(figure_to_image(plots.plot_schedule(sched)))

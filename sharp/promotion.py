@@ -36,10 +36,10 @@ from collections.abc import Callable
 import torch
 
 import sharp
-from sharp import families
+from sharp import families, rope
 from sharp.families import UnsupportedModelError  # noqa: F401  (re-exported: the node's error type)
 from sharp.rope import METHODS
-from sharp.schedule import FLUX_SHIFT_MU, flux_resolution_mu
+from sharp.schedule import FLUX_SHIFT_MU, VAE_DOWNSCALE, flux_resolution_mu
 
 PATCH_KEY = "sharp"
 """Key of our wrappers (ComfyUI's `add_wrapper_with_key`)."""
@@ -61,10 +61,10 @@ FAMILY_CHOICES = (AUTO,) + tuple(f.name for f in families.FAMILIES)
 FAMILY_DEFAULT = 0
 """base_resolution value meaning "the family's training resolution"."""
 
-LATENT_PX = 8
+LATENT_PX = VAE_DOWNSCALE
 """Image pixels per latent pixel of Flux.1's VAE (the default of `latent_size_px`)."""
 
-PATCH_PX = 16
+PATCH_PX = rope.PATCH_PX
 """Image pixels per token / RoPE position of Flux.1 (VAE 8x, patchify 2x2)."""
 
 
