@@ -170,12 +170,8 @@ def server(H, tmp_path_factory):
     os.makedirs(models)
     _write_tiny(os.path.join(models, STANDIN), _tiny_cfg())
     save_file({"w": torch.zeros(2)}, os.path.join(models, NOT_DSDIT), metadata={"format": "pt"})
-    srv = Server(base)
-    try:
-        srv.wait_ready()
+    with Server.running(base) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _api():

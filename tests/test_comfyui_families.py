@@ -249,12 +249,8 @@ def family_server(H, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("comfy_family_base"))
     os.makedirs(os.path.join(base, "custom_nodes"))
     os.symlink(H.ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
-    srv = Server(base)
-    try:
-        srv.wait_ready()
+    with Server.running(base) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _needs(H, f):

@@ -12,6 +12,7 @@ sizes are scaled down 4x and their steps cut to 2. The server is stopped at the 
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -167,6 +168,17 @@ class Server:
                 self.proc.wait(timeout=20)
         self.log.close()
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, base: str):
+        """A server on `base`, ready, stopped on exit whatever happens."""
+        srv = cls(base)
+        try:
+            srv.wait_ready()
+            yield srv
+        finally:
+            srv.stop()
+
 
 @pytest.fixture(scope="module")
 def H():
@@ -182,12 +194,10 @@ def server(H, tmp_path_factory):
     os.makedirs(os.path.join(base, "custom_nodes"))
     os.symlink(ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
     _write_standins(os.path.join(base, "models"))
-    srv = Server(base)
     try:
-        srv.wait_ready()
-        yield srv
+        with Server.running(base) as srv:
+            yield srv
     finally:
-        srv.stop()
         shutil.rmtree(os.path.join(base, "models"), ignore_errors=True)
 
 
