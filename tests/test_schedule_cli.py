@@ -100,3 +100,13 @@ def test_every_command_has_help():
     for name in names:
         r = subprocess.run([sys.executable, "-m", "sharp", name, "--help"], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0 and "usage: python -m sharp " + name in r.stdout, r.stderr
+
+
+def test_cli_refsr_rejects_unreadable_inputs_clearly(tmp_path, capsys):
+    (tmp_path / "bad.png").write_text("not an image")
+    ref = str(ROOT / "examples" / "refsr" / "ref.jpg")
+    assert main(["refsr", "--lr", str(tmp_path / "bad.png"), "--ref", ref, "--out", str(tmp_path / "o.png")]) == 2
+    assert "not an image file" in capsys.readouterr().err
+    assert main(["refsr", "--lr", str(tmp_path / "none.png"), "--ref", ref, "--out", str(tmp_path / "o.png")]) == 2
+    assert "no such image file" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -37,34 +37,32 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from sharp.cli.spectrum import load_image
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    for path in (args.lr, args.ref):
-        if path and not Path(path).is_file():
-            raise FileNotFoundError(f"no such image: {path}")
-    ckpt = Path(args.ckpt) if args.ckpt else DEFAULT_CHECKPOINT
-    model = load_dsdit(ckpt)
-
-    def read(path):
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    def read(path):  # clear errors for missing or unreadable files (shared with `spectrum`)
+        return load_image(path).astype(np.float32) / 255.0
 
     lr = read(args.lr)
     ref = read(args.ref) if args.ref else None
-    bar = tqdm(total=1, desc="refsr", unit="step")
+    ckpt = Path(args.ckpt) if args.ckpt else DEFAULT_CHECKPOINT
+    model = load_dsdit(ckpt)
+    bar = None
 
-    def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+    def progress(done, total):  # the bar is made on the first call, when the total is known
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="refsr", unit="step")
+        bar.update(done - bar.n)
 
     sr = super_resolve(model, lr, ref, scale=args.scale, steps=args.steps,
                        guidance=args.guidance, seed=args.seed, tile=args.tile,
                        overlap=args.overlap, progress=progress, register=not args.no_register,
                        temperature=args.temperature)
-    bar.close()
+    if bar is not None:
+        bar.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.clip(sr, 0, 1) * 255 + 0.5).astype(np.uint8)).save(args.out)
     print(f"wrote {args.out} ({sr.shape[1]}x{sr.shape[0]}) with {ckpt.name}")
