@@ -37,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from sharp.cli.spectrum import load_image
+    from sharp.cli.images import load_image
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    def read(path):  # clear errors for missing or unreadable files (shared with `spectrum`)
+    def read(path):  # clear errors for missing or unreadable files
         return load_image(path).astype(np.float32) / 255.0
 
     lr = read(args.lr)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
+from sharp.cli.images import load_image
 from sharp.spectrum_report import spectrum_table
 
 
@@ -19,18 +19,6 @@ def register(sub) -> None:
     p.add_argument("--cutoff", type=float, default=0.5, help="HF cutoff as a fraction of Nyquist (default: 0.5)")
     p.add_argument("--plot", metavar="OUT.png", help="write the spectra figure here")
     p.set_defaults(func=run)
-
-
-def load_image(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file PIL can read") from None
 
 
 def run(args: argparse.Namespace) -> int:
