@@ -248,6 +248,16 @@ def _modules() -> dict[str, types.ModuleType]:
     return mods
 
 
+def import_root_as(name: str):
+    """Import the repository root `__init__.py` as package `name`, as ComfyUI imports a custom node."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextlib.contextmanager
 def installed():
     """Yield the pack imported against the fakes; sys.modules is restored afterwards."""
@@ -257,12 +267,7 @@ def installed():
         del sys.modules[k]
     sys.modules.update(_modules())
     try:
-        spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = pack
-        spec.loader.exec_module(pack)
-        yield pack
+        yield import_root_as(PACK)
     finally:
         for k in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
             del sys.modules[k]

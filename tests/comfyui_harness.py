@@ -77,12 +77,9 @@ def import_pack():
     import_comfy()
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
+    from comfy_api_fake import import_root_as  # the same import, without the fakes
+
+    return import_root_as(PACK_NAME)
 
 
 def pack_module(name: str):

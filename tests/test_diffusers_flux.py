@@ -105,22 +105,26 @@ def test_missing_shard_names_file(tmp_path, sd):
         df.convert_transformer(folder)
 
 
+def _map_in_index(folder: str, key: str, shard: str) -> None:
+    """Rewrite the transformer's index JSON so that it maps `key` to `shard`."""
+    path = os.path.join(_tdir(folder), "diffusion_pytorch_model.safetensors.index.json")
+    with open(path) as fh:
+        idx = json.load(fh)
+    idx["weight_map"][key] = shard
+    with open(path, "w") as fh:
+        json.dump(idx, fh)
+
+
 def test_index_naming_absent_file(tmp_path, sd):
     folder = write_diffusers_folder(str(tmp_path / "f"), sd)
-    path = os.path.join(_tdir(folder), "diffusion_pytorch_model.safetensors.index.json")
-    idx = json.load(open(path))
-    idx["weight_map"]["proj_out.weight"] = "elsewhere.safetensors"
-    json.dump(idx, open(path, "w"))
+    _map_in_index(folder, "proj_out.weight", "elsewhere.safetensors")
     with pytest.raises(df.DiffusersFolderError, match="elsewhere.safetensors"):
         df.convert_transformer(folder)
 
 
 def test_index_key_not_in_shard(tmp_path, sd):
     folder = write_diffusers_folder(str(tmp_path / "f"), sd)
-    path = os.path.join(_tdir(folder), "diffusion_pytorch_model.safetensors.index.json")
-    idx = json.load(open(path))
-    idx["weight_map"]["extra.weight"] = "diffusion_pytorch_model-00001-of-00002.safetensors"
-    json.dump(idx, open(path, "w"))
+    _map_in_index(folder, "extra.weight", "diffusion_pytorch_model-00001-of-00002.safetensors")
     with pytest.raises(df.DiffusersFolderError, match="00001-of-00002.safetensors: lacks 1 tensor"):
         df.convert_transformer(folder)
 
