@@ -1,11 +1,17 @@
 """DS-DiT benchmark on RRSSRD val_3rd (issues 4 and 6).
 
     python benchmarks/refsr.py [--limit N] [--steps 20] [--guidance 2] [--json out.json]
+    python benchmarks/refsr.py --ckpt s0.safetensors s1.safetensors s2.safetensors --jobs 2 ...
+
+With several checkpoints (e.g. three training seeds) each is measured in its own process (--jobs
+at a time) and a table across them gives the spread: the Ref variant beats the no-Ref variant
+convincingly when the mean margin exceeds the spread of the per-checkpoint margins.
 
 Per image (480x480 HR, x4): PSNR and SSIM (RGB, 8-bit) and log-spectral distance to the HR
 (sharp.spectrum.log_spectral_distance) for
   bicubic          torch bicubic upsampling of the LR (the model's own starting point)
-  weak             DS-DiT without Ref (w = 1: LR branch only)
+  weak             DS-DiT without Ref: the LR branch alone (weak_ref "off") or the upsampled
+                   LR as a null Ref with zero confidence (weak_ref "null", same capacity)
   ref              DS-DiT with the registered Ref
   ref+AG           with Ref and autoguidance v = v_weak + g (v_ref - v_weak)
   wrong-ref        with another scene's Ref (the next image's): Ref effect = ref - wrong-ref
@@ -89,10 +95,85 @@ def save_figure(path, name, up, ref, hr, sr, w_true, w_wrong) -> None:
     plt.close(fig)
 
 
+def _child_argv(argv: list[str], ckpt: str, out_json: str, first: bool) -> list[str]:
+    """The same command line for one checkpoint: --ckpt/--jobs/--json replaced; the memory runs
+    and the figure only for the first checkpoint."""
+    out, skip = [], False
+    for a in argv:
+        if a in ("--ckpt", "--jobs", "--json") or (a == "--figure" and not first):
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    out += ["--ckpt", ckpt, "--json", out_json]
+    if not first and "--no-memory" not in out:
+        out.append("--no-memory")
+    return out
+
+
+def seed_spread(results: list[dict]) -> dict:
+    """Across checkpoints: per-checkpoint mean PSNRs and margins, their mean and spread."""
+    def col(fn):
+        vals = [fn(r) for r in results]
+        return {"per_checkpoint": vals, "mean": float(np.mean(vals)),
+                "spread_max_minus_min": float(np.max(vals) - np.min(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    table = {name: col(lambda r, n=name: r["metrics"][n]["psnr"])
+             for name in results[0]["metrics"]}
+    table["ref_minus_weak"] = col(lambda r: r["ref_minus_weak_db"]["mean"])
+    if results[0].get("ref_effect_db") is not None:
+        table["ref_effect"] = col(lambda r: r["ref_effect_db"])
+    table["plw_true"] = col(lambda r: r["plw_mean_w"]["true"])
+    table["plw_wrong"] = col(lambda r: r["plw_mean_w"]["wrong"])
+    return table
+
+
+def compare_checkpoints(ckpts: list[str], argv: list[str], args) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs, outs = [], []
+        for i, ckpt in enumerate(ckpts):
+            out = str(Path(tmp) / f"{i}.json")
+            outs.append(out)
+            jobs.append([sys.executable, __file__] + _child_argv(argv, ckpt, out, i == 0))
+        running = []
+        for cmd in jobs:
+            running.append(subprocess.Popen(cmd))
+            if len(running) >= max(1, args.jobs):
+                if running.pop(0).wait():
+                    raise SystemExit("a checkpoint's benchmark failed (see above)")
+        if any(proc.wait() for proc in running):
+            raise SystemExit("a checkpoint's benchmark failed (see above)")
+        results = [json.loads(Path(o).read_text()) for o in outs]
+    table = seed_spread(results)
+    print(f"\n### Across {len(ckpts)} checkpoints ({results[0]['images']} images each)\n")
+    print("| quantity (dB; PLW: mean w) | " + " | ".join(Path(c).stem for c in ckpts)
+          + " | mean | spread (max - min) |")
+    print("|---|" + "---|" * (len(ckpts) + 2))
+    for name, v in table.items():
+        print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in v["per_checkpoint"])
+              + f" | {v['mean']:.3f} | {v['spread_max_minus_min']:.3f} |")
+    margin = table["ref_minus_weak"]
+    verdict = margin["mean"] > margin["spread_max_minus_min"] and min(margin["per_checkpoint"]) > 0
+    print(f"\nRef beats no-Ref by {margin['mean']:+.3f} dB on average; spread of that margin over "
+          f"the checkpoints {margin['spread_max_minus_min']:.3f} dB; spread of the Ref PSNR "
+          f"{table['ref']['spread_max_minus_min']:.3f} dB -> "
+          f"{'margin larger than the spread' if verdict else 'NOT larger than the spread'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoints": results, "across_checkpoints": table,
+                                               "margin_exceeds_spread": verdict}, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="RRSSRD-style folder (val_3rd)")
-    p.add_argument("--ckpt", default=None, help="checkpoint (default: the shipped small one)")
+    p.add_argument("--ckpt", nargs="+", default=None,
+                   help="checkpoint(s) (default: the shipped small one); several: compared")
+    p.add_argument("--jobs", type=int, default=1, help="checkpoints measured in parallel")
     p.add_argument("--limit", type=int, default=6, help="number of images (0 = all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=2.0, help="g for the ref+AG variant")
@@ -111,7 +192,10 @@ def main(argv=None) -> int:
 
     from sharp.refsr import DEFAULT_CHECKPOINT
 
-    ckpt = args.ckpt or str(DEFAULT_CHECKPOINT)
+    ckpts = args.ckpt or [str(DEFAULT_CHECKPOINT)]
+    if len(ckpts) > 1:
+        return compare_checkpoints(ckpts, argv if argv is not None else sys.argv[1:], args)
+    ckpt = ckpts[0]
     if args._memory_child is not None:
         _memory_child(args._memory_child, args.tile, args.overlap, ckpt)
         return 0

@@ -12,8 +12,10 @@ def register(subparsers) -> None:
                     "(resumable: run the same command again to continue).")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
-    p.add_argument("--config", default="small", choices=["small", "base", "large"],
-                   help="model size preset (large is a latent model: GPU + VAE, library only)")
+    p.add_argument("--config", default="small", choices=["small", "small-match", "base", "large"],
+                   help="model preset: small (the shipped model's shape), small-match (small with "
+                        "local Ref alignment, confidence tokens and a null-Ref weak path), base; "
+                        "large is a latent model (GPU + VAE, library only)")
     p.add_argument("--val", metavar="DIR", help="validation folder (PSNR logged every --val-every)")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch", type=int, default=8)

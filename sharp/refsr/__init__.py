@@ -10,9 +10,9 @@ from .api import DEFAULT_CHECKPOINT, prepare_inputs, reference_weight_map, super
 from .checkpoint import load_dsdit, save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .model import DSDiT
-from .registration import register_reference
+from .registration import align_reference, register_reference
 from .space import CallableVAE, LatentCodec
 
 __all__ = ["DEFAULT_CHECKPOINT", "PRESETS", "CallableVAE", "DSDiT", "DSDiTConfig", "LatentCodec",
-           "load_dsdit", "prepare_inputs", "reference_weight_map", "register_reference",
+           "load_dsdit", "prepare_inputs", "reference_weight_map", "register_reference", "align_reference",
            "save_checkpoint", "super_resolve"]

@@ -22,7 +22,7 @@ from .checkpoint import load_dsdit
 from .data import upsample
 from .flow import euler_sample
 from .model import DSDiT
-from .registration import register_reference
+from .registration import align_reference
 from .space import LatentCodec, WorkingSpace
 from .tiling import run_tiled, tiles
 
@@ -109,7 +109,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     guidance g: v = v_weak + g (v_Ref - v_weak); 1 disables autoguidance (one pass per step).
     tile/overlap: output pixels (rounded to the model's token size); one tile covering the
     image equals untiled inference. progress(done, total) is called after every step of every
-    tile. register: coarse shift + colour registration of the Ref to the upsampled LR.
+    tile. register: align the Ref to the upsampled LR (global shift + colour, and a local
+    warp for checkpoints with ref_align "local"; see registration.align_reference).
     temperature: scale of the initial noise; None takes the checkpoint's default (chosen on
     validation at training time; 0 for the shipped small model: a deterministic, PSNR-oriented
     path on which the seed has no effect), else 1 (the trained distribution)."""
@@ -123,8 +124,9 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     b, _, h, w = lr_t.shape
     height, width = scale * h, scale * w
     up = upsample(lr_t, (height, width))
-    if ref_t is not None and register:
-        ref_t, _ = register_reference(ref_t, up, scale)
+    conf_t = None
+    if ref_t is not None:
+        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register)
     space = WorkingSpace(cfg, vae)
     unit = cfg.unit
     ph, pw = -height % unit, -width % unit                      # pad to whole tokens
@@ -132,6 +134,7 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
         up = F.pad(up, (0, pw, 0, ph), mode="replicate")
         if ref_t is not None:
             ref_t = F.pad(ref_t, (0, pw, 0, ph), mode="replicate")
+            conf_t = F.pad(conf_t, (0, pw, 0, ph), mode="replicate")
     hp, wp = height + ph, width + pw
     tile = max(unit, int(tile) // unit * unit)
     overlap = min(max(0, -(-int(overlap) // unit) * unit), tile - unit)
@@ -148,9 +151,13 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
 
     def one_tile(y, x, th, tw):
         up_z = space.encode(up[:, :, y:y + th, x:x + tw].to(device))
-        ref_z = None if ref_t is None else space.encode(ref_t[:, :, y:y + th, x:x + tw].to(device))
+        ref_z = conf = None
+        if ref_t is not None:
+            ref_z = space.encode(ref_t[:, :, y:y + th, x:x + tw].to(device))
+            conf = conf_t[:, :, y:y + th, x:x + tw].to(device)
         x0 = noise[:, :, y // down:(y + th) // down, x // down:(x + tw) // down].to(device)
-        x1 = euler_sample(model, x0, up_z, ref_z, steps=steps, guidance=guidance, callback=tick)
+        x1 = euler_sample(model, x0, up_z, ref_z, steps=steps, guidance=guidance, callback=tick,
+                          ref_conf=conf)
         return space.decode(space.untarget(x1, up_z)).cpu()
 
     del lr_t
@@ -170,8 +177,7 @@ def reference_weight_map(model: DSDiT, lr, ref, scale: int = 4, t: float = 0.5, 
     if ref_t is None:
         raise ValueError("reference_weight_map needs a Ref")
     up = upsample(lr_t, ref_t.shape[-2:])
-    if register:
-        ref_t, _ = register_reference(ref_t, up, scale)
+    ref_t, conf_t = align_reference(ref_t, up, scale, model.cfg.ref_align, register)
     unit = model.cfg.unit
     hh, ww = up.shape[-2] // unit * unit, up.shape[-1] // unit * unit
     space = WorkingSpace(model.cfg)
@@ -181,5 +187,5 @@ def reference_weight_map(model: DSDiT, lr, ref, scale: int = 4, t: float = 0.5, 
     x1_guess = torch.zeros_like(x0)                  # residual prior mean
     tt = torch.full((x0.shape[0],), float(t))
     xt = (1 - t) * x0 + t * x1_guess
-    _, weights = model(xt, tt, up_z, ref_z, return_weights=True)
+    _, weights = model(xt, tt, up_z, ref_z, return_weights=True, ref_conf=conf_t[..., :hh, :ww])
     return torch.stack([w[..., 0] for w in weights]).mean(0).numpy()

@@ -31,6 +31,16 @@ class DSDiTConfig:
     # Feed the Siamese encoder [image, image - GaussianBlur(image)] (issue 6): the Ref's detail
     # layer is then directly comparable to the residual the flow generates.
     cond_highpass: bool = False
+    # How the Ref is aligned to the upsampled LR before tokenising (issue 6): "global" (one
+    # shift + colour matching) or "local" (then a dense block-matching warp).
+    ref_align: str = "global"
+    # Add the per-pixel matching confidence (block NCC of Ref and upsampled LR) to the Ref
+    # tokens, so attention and PLW know where the Ref can be trusted.
+    ref_confidence: bool = False
+    # The weak (no-Ref) prediction: "off" switches the Ref branch off (w = 1); "null" feeds the
+    # upsampled LR as a null Ref with zero confidence, so the Ref and no-Ref predictions use the
+    # same network capacity and differ only in the reference content.
+    weak_ref: str = "off"
     # Flow target: "residual" (HR - up(LR), scaled by res_scale) or "direct" (the HR itself).
     target: str = "residual"
     res_scale: float = 15.0   # ~1 / std of the pixel residual in [-1, 1] units on RRSSRD
@@ -85,6 +95,10 @@ class DSDiTConfig:
     def validate(self) -> None:
         if self.space not in ("pixel", "latent"):
             raise ValueError(f"config.space must be 'pixel' or 'latent', got {self.space!r}")
+        if self.ref_align not in ("global", "local"):
+            raise ValueError(f"config.ref_align must be 'global' or 'local', got {self.ref_align!r}")
+        if self.weak_ref not in ("off", "null"):
+            raise ValueError(f"config.weak_ref must be 'off' or 'null', got {self.weak_ref!r}")
         if self.target not in ("residual", "direct"):
             raise ValueError(f"config.target must be 'residual' or 'direct', got {self.target!r}")
         for name in ("patch", "dim", "depth", "heads", "encoder_depth", "plw_hidden",
@@ -102,6 +116,9 @@ class DSDiTConfig:
 # Presets for `train-refsr --config`. small: the shipped CPU model; base/large: GPU training.
 PRESETS = {
     "small": DSDiTConfig(cond_highpass=True),  # ~0.1M parameters: ~40 min on one CPU core
+    # small + issue 6's matching aids: local alignment, confidence tokens, null-Ref weak path
+    "small-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
+                               weak_ref="null"),
     "base": DSDiTConfig(cond_highpass=True, dim=192, depth=8, heads=6, radius=3, mlp_ratio=4.0, encoder_depth=3,
                         plw_hidden=64),
     "large": DSDiTConfig(space="latent", latent_channels=16, latent_downscale=8, patch=2,

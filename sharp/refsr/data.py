@@ -4,10 +4,11 @@
 (80 triplets of 480x480 are ~500 MB as float32) and draws
 random aligned crops with the same flip/rot90 applied to HR, upsampled LR and Ref.
 
-Real Refs are registered to the upsampled LR once at load time (see registration.py), as at
-inference. With probability `synthetic_ref_prob` a crop's Ref is instead synthesised from the HR
+Real Refs are aligned to the upsampled LR once at load time (`align_reference`, as at
+inference), which also gives their matching-confidence map. With probability `synthetic_ref_prob` a crop's Ref is instead synthesised from the HR
 (issue 6): a shifted and slightly warped HR crop with colour/season-like changes, blur and
-occluding patches from elsewhere, then colour-matched to the upsampled LR. These pairs teach
+occluding patches from elsewhere, then colour-matched (and, with align "local", warped) to the
+upsampled LR. These pairs teach
 the Ref branch to find and copy matching texture, which 80 real triplets do not teach alone.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .registration import match_colour, register_reference
+from .registration import align_reference
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -115,17 +116,19 @@ class RefSRDataset(torch.utils.data.Dataset):
 
     Each item is a dict of float tensors [3, crop, crop] in [0, 1]: "hr", "up" (bicubic-upsampled
     LR, aligned to HR) and "ref" (registered real Ref, or synthetic with probability
-    synthetic_ref_prob); plus "synthetic" (bool)."""
+    synthetic_ref_prob); "conf" [1, crop, crop] (the Ref's matching confidence); plus
+    "synthetic" (bool). align: "global" or "local" (see registration.align_reference)."""
 
     def __init__(self, roots, crop: int = 64, scale: int = 4, synthetic_ref_prob: float = 0.5,
-                 register: bool = True, length: int = 10000, seed: int = 0):
+                 register: bool = True, length: int = 10000, seed: int = 0, align: str = "global"):
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if crop % scale:
             raise ValueError(f"crop ({crop}) must be a multiple of scale ({scale})")
         self.crop, self.scale, self.length = crop, scale, length
         self.synthetic_ref_prob = synthetic_ref_prob
+        self.align = align
         self.generator = torch.Generator().manual_seed(seed)
-        self.hr, self.up, self.ref = [], [], []
+        self.hr, self.up, self.ref, self.conf = [], [], [], []
         for root in roots:
             folder = TripletFolder(root)
             for i in range(len(folder)):
@@ -136,11 +139,11 @@ class RefSRDataset(torch.utils.data.Dataset):
                                      f"LR {tuple(lr.shape[-2:])}, Ref {tuple(ref.shape[-2:])} do not "
                                      f"fit scale {scale}")
                 up = upsample(lr, hr.shape[-2:])
-                if register:
-                    ref, _ = register_reference(ref, up, scale)
+                ref, conf = align_reference(ref, up, scale, align, register)
                 self.hr.append(hr)
                 self.up.append(up)
                 self.ref.append(ref)
+                self.conf.append(conf)
 
     def __len__(self) -> int:
         return self.length
@@ -149,10 +152,11 @@ class RefSRDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.batch(1).items()}
 
     def batch(self, n: int, generator: torch.Generator | None = None) -> dict:
-        """n random crops stacked: tensors [n, 3, crop, crop]; "synthetic": [n] bool."""
+        """n random crops stacked: tensors [n, 3, crop, crop] ("conf" [n, 1, crop, crop]);
+        "synthetic": [n] bool."""
         g = generator or self.generator
         c, s = self.crop, self.scale
-        hrs, ups, refs, syn = [], [], [], []
+        hrs, ups, refs, confs, syn = [], [], [], [], []
         for _ in range(n):
             i = _randint(g, 0, len(self.hr) - 1)
             hr, up = self.hr[i], self.up[i]
@@ -160,14 +164,19 @@ class RefSRDataset(torch.utils.data.Dataset):
             y, x = s * _randint(g, 0, (h - c) // s), s * _randint(g, 0, (w - c) // s)
             hr_c, up_c = hr[:, :, y:y + c, x:x + c], up[:, :, y:y + c, x:x + c]
             if _rand(g) < self.synthetic_ref_prob:
-                ref_c = match_colour(synthetic_reference(hr, y, x, c, g), up_c, s)
+                # aligned like a real Ref at inference (the global stage also matches colour)
+                ref_c, conf_c = align_reference(synthetic_reference(hr, y, x, c, g), up_c, s,
+                                                self.align)
                 syn.append(True)
             else:
                 ref_c = self.ref[i][:, :, y:y + c, x:x + c]
+                conf_c = self.conf[i][:, :, y:y + c, x:x + c]
                 syn.append(False)
-            hr_c, up_c, ref_c = augment([hr_c, up_c, ref_c], _randint(g, 0, 3), _rand(g) < 0.5)
+            hr_c, up_c, ref_c, conf_c = augment([hr_c, up_c, ref_c, conf_c], _randint(g, 0, 3),
+                                                _rand(g) < 0.5)
             hrs.append(hr_c)
             ups.append(up_c)
             refs.append(ref_c)
+            confs.append(conf_c)
         return {"hr": torch.cat(hrs), "up": torch.cat(ups), "ref": torch.cat(refs),
-                "synthetic": torch.tensor(syn)}
+                "conf": torch.cat(confs), "synthetic": torch.tensor(syn)}

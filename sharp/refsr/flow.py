@@ -27,14 +27,15 @@ def sample_t(batch: int, generator: Optional[torch.Generator] = None) -> torch.T
     return torch.sigmoid(torch.randn(batch, generator=generator))
 
 
-def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None) -> torch.Tensor:
+def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None) -> torch.Tensor:
     """Rectified-flow MSE between predicted and true velocity x1 - x0.
 
-    x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for that sample."""
+    x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for that sample;
+    ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence)."""
     b = x1.shape[0]
     x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)   # CPU generator
     t = sample_t(b, generator).to(x1.device)
-    v = model(interpolate(x0, x1, t), t, lr, ref, ref_on)
+    v = model(interpolate(x0, x1, t), t, lr, ref, ref_on, ref_conf=ref_conf)
     return torch.mean((v - (x1 - x0)) ** 2)
 
 
@@ -45,16 +46,18 @@ def autoguidance(v_weak: torch.Tensor, v_strong: torch.Tensor, g: float) -> torc
 
 @torch.no_grad()
 def euler_sample(model: DSDiT, x0, lr, ref=None, steps: int = 20, guidance: float = 1.0,
-                 callback: Optional[Callable[[], None]] = None) -> torch.Tensor:
-    """Integrate from noise x0 [B, C, H, W] to a sample; ref=None gives the weak prediction."""
+                 callback: Optional[Callable[[], None]] = None, ref_conf=None) -> torch.Tensor:
+    """Integrate from noise x0 [B, C, H, W] to a sample; ref=None gives the weak prediction.
+    ref_conf: the Ref's matching confidence [B, 1, H', W'] (models with cfg.ref_confidence)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = x0
     b = x.shape[0]
     encode = getattr(model, "encode_conditions", None)      # conditions are fixed: encode once
-    c_lr, c_ref = encode(lr, ref) if encode is not None else (None, None)
-    weak_kw = {"conds": (c_lr, None)} if encode is not None else {}
-    strong_kw = {"conds": (c_lr, c_ref)} if encode is not None else {}
+    c_lr, c_ref = encode(lr, ref, ref_conf) if encode is not None else (None, None)
+    weak_kw = {"conds": encode(lr, None)} if encode is not None else {}
+    strong_kw = {"conds": (c_lr, c_ref)} if encode is not None else (
+        {"ref_conf": ref_conf} if ref_conf is not None else {})
     for i in range(steps):
         t = torch.full((b,), i / steps, device=x.device, dtype=x.dtype)
         if ref is None:

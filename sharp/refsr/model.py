@@ -7,8 +7,10 @@
                x += gate * (w * h_LR + (1 - w) * h_Ref); x += gate * MLP(x)
     final adaLN + linear -> unpatchify -> velocity v                         [B, C, H, W]
 
-"Weak" (Ref suppressed) prediction: ref=None, which is exactly w = 1 in every block (the LR
-branch alone); training drops the Ref per sample by forcing w = 1 so one network gives both.
+"Weak" (Ref suppressed) prediction: ref=None. With cfg.weak_ref "off" that is exactly w = 1 in
+every block (the LR branch alone); with "null" the Ref branch sees the upsampled LR as a null Ref
+with zero matching confidence (same capacity, no reference content). Training drops the Ref per
+sample (ref_on False) the same way, so one network gives both predictions.
 """
 from __future__ import annotations
 
@@ -112,6 +114,10 @@ class DSDiT(nn.Module):
         self.x_embed = nn.Linear(c * p * p, d)
         self.t_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.encoder = SiameseEncoder(c * (2 if cfg.cond_highpass else 1), p, d, cfg.encoder_depth)
+        if cfg.ref_confidence:   # matching confidence -> Ref token offset; starts unused
+            self.conf_embed = nn.Linear(1, d)
+            nn.init.zeros_(self.conf_embed.weight)
+            nn.init.zeros_(self.conf_embed.bias)
         self.blocks = nn.ModuleList(DSDiTBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False)
         self.ada_out = nn.Linear(d, 2 * d)
@@ -126,17 +132,51 @@ class DSDiT(nn.Module):
             return img
         return torch.cat([img, img - low_pass(img, self.cfg.scale)], dim=1)
 
-    def encode_conditions(self, lr, ref=None):
+    def null_reference(self, lr, ref=None, ref_conf=None, ref_on=None):
+        """cfg.weak_ref "null": the Ref of dropped samples (ref_on False, or all when ref is None)
+        becomes the upsampled LR with zero confidence. Returns (ref, ref_conf)."""
+        conf_shape = (lr.shape[0], 1, lr.shape[-2] * self.pixels_per_cell, lr.shape[-1] * self.pixels_per_cell)
+        if ref is None:
+            return lr, lr.new_zeros(conf_shape)
+        if ref_on is None:
+            return ref, ref_conf
+        keep = ref_on[:, None, None, None]
+        ref = torch.where(keep, ref, lr)
+        if ref_conf is not None:
+            ref_conf = torch.where(keep, ref_conf, torch.zeros_like(ref_conf))
+        return ref, ref_conf
+
+    @property
+    def pixels_per_cell(self) -> int:
+        """Image pixels per working-grid cell (1 in pixel space, the VAE downscale in latent)."""
+        return self.cfg.unit // self.cfg.patch
+
+    def encode_conditions(self, lr, ref=None, ref_conf=None, ref_on=None):
         """Siamese encoding of the condition grids -> (c_LR, c_Ref or None), [B, h, w, D].
 
+        ref_conf: [B, 1, H, W] matching confidence in [0, 1] at image resolution (needed when
+        cfg.ref_confidence; from `align_reference`). ref_on: [B] bool, training's Ref dropout.
         They do not depend on x_t or t: samplers compute them once and pass `conds`."""
+        if self.cfg.weak_ref == "null":
+            ref, ref_conf = self.null_reference(lr, ref, ref_conf, ref_on)
         c_lr = self.encoder(self.condition_input(lr), SiameseEncoder.LR)
-        c_ref = None if ref is None else self.encoder(self.condition_input(ref), SiameseEncoder.REF)
+        if ref is None:
+            return c_lr, None
+        c_ref = self.encoder(self.condition_input(ref), SiameseEncoder.REF)
+        if self.cfg.ref_confidence:
+            if ref_conf is None:
+                raise ValueError("this DS-DiT checkpoint needs the Ref's matching confidence: "
+                                 "align the Ref with sharp.refsr.align_reference (super_resolve "
+                                 "does this)")
+            conf = F.avg_pool2d(ref_conf.to(c_ref.dtype), self.cfg.unit)      # [B, 1, h, w]
+            c_ref = c_ref + self.conf_embed(rearrange(conf, "b one h w -> b h w one"))
         return c_lr, c_ref
 
-    def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None):
+    def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None,
+                ref_conf=None):
         """x_t, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); t: [B].
-        conds: optional precomputed encode_conditions(lr, ref) (then lr/ref are not re-encoded).
+        ref_conf: [B, 1, H', W'] matching confidence at image resolution (see encode_conditions).
+        conds: optional precomputed encode_conditions(...) (then lr/ref are not re-encoded).
 
         Returns the velocity [B, C, H, W] (and the per-block PLW maps if return_weights)."""
         p = self.cfg.patch
@@ -144,10 +184,11 @@ class DSDiT(nn.Module):
             raise ValueError(f"grid size {tuple(x_t.shape[-2:])} is not a multiple of patch {p}")
         x = self.x_embed(patchify(x_t, p))                                 # [B, h, w, D]
         temb = self.t_embed(timestep_embedding(t, self.cfg.dim))           # [B, D]
-        c_lr, c_ref = conds if conds is not None else self.encode_conditions(lr, ref)
+        c_lr, c_ref = conds if conds is not None else self.encode_conditions(lr, ref, ref_conf, ref_on)
+        branch_on = ref_on if self.cfg.weak_ref == "off" else None      # "null": done in encoding
         weights = []
         for block in self.blocks:
-            x, w = block(x, temb, c_lr, c_ref, ref_on)
+            x, w = block(x, temb, c_lr, c_ref, branch_on)
             weights.append(w)
         shift, scale = self.ada_out(F.silu(temb)).chunk(2, dim=-1)
         v = unpatchify(self.out(modulate(self.norm_out(x), shift, scale)), p)

@@ -8,6 +8,10 @@ different colours. Before tokenising, we
      the Ref's statistics at LR resolution so the two are compared like with like (the
      upsampled LR has no high frequencies).
 Both are O(HW log HW) and run once per image, before tiling.
+Optionally (config ref_align = "local"), a dense block-matching flow then removes the residual,
+spatially varying misalignment (`local_flow`, `warp`) and yields a per-pixel matching
+confidence (block NCC of the low-passed Ref with the upsampled LR) that tells the network
+where the Ref can be trusted (`align_reference` is the one entry point).
 Images here are torch tensors [B, 3, H, W] in [0, 1].
 """
 from __future__ import annotations
@@ -97,3 +101,125 @@ def register_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, max_shif
     if colour:
         ref = match_colour(ref, up, scale)
     return ref, shifts
+
+
+NCC_FLOOR = 1e-4   # variance floor of the block NCC (grey values in [0, 1])
+
+
+def _block_stats(x: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block mean and (biased) variance of [B, 1, H, W] over block x block windows."""
+    mean = F.avg_pool2d(x, block, stride)
+    return mean, (F.avg_pool2d(x * x, block, stride) - mean * mean).clamp_min(0.0)
+
+
+def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radius: int
+                     ) -> torch.Tensor:
+    """Normalised cross-correlation of every block x block window (stride block / 2) of fixed
+    with moving displaced by every integer (dy, dx) in [-radius, radius]^2.
+
+    fixed, moving: [B, 1, H, W] -> ncc [B, (2r+1)^2, Hb, Wb]; shift index k = (dy + r) * (2r+1)
+    + (dx + r), and displaced means moving(p + (dy, dx)) (edges replicated)."""
+    h, w = fixed.shape[-2:]
+    stride = max(block // 2, 1)
+    mu_f, var_f = _block_stats(fixed, block, stride)
+    padded = F.pad(moving, (radius,) * 4, mode="replicate")
+    out = []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            cand = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+            mu_c, var_c = _block_stats(cand, block, stride)
+            cov = F.avg_pool2d(fixed * cand, block, stride) - mu_f * mu_c
+            # the variance floor (grey std 0.01) sends flat blocks (water, fields) to ~0
+            out.append(cov / ((var_f + NCC_FLOOR) * (var_c + NCC_FLOOR)).sqrt())
+    return torch.cat(out, dim=1)
+
+
+def _subpixel(volume: torch.Tensor, best: torch.Tensor, radius: int) -> torch.Tensor:
+    """Parabolic refinement of the integer argmax along dy and dx -> [B, 2, Hb, Wb] float."""
+    n = 2 * radius + 1
+    iy, ix = best // n, best % n                                          # [B, 1, Hb, Wb]
+    def at(y, x):
+        return volume.gather(1, (y.clamp(0, n - 1) * n + x.clamp(0, n - 1)))
+    c = at(iy, ix)
+    offsets = []
+    for lo, hi, inner in ((at(iy - 1, ix), at(iy + 1, ix), (iy > 0) & (iy < n - 1)),
+                          (at(iy, ix - 1), at(iy, ix + 1), (ix > 0) & (ix < n - 1))):
+        denom = lo - 2 * c + hi
+        off = torch.where(inner & (denom < -1e-6), 0.5 * (lo - hi) / denom.clamp_max(-1e-6),
+                          torch.zeros_like(c))
+        offsets.append(off.clamp(-0.5, 0.5))
+    return torch.cat([iy - radius + offsets[0], ix - radius + offsets[1]], dim=1).to(volume.dtype)
+
+
+def _median3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 median filter of [B, C, H, W] (edges replicated): removes isolated bad matches."""
+    c = x.shape[1]
+    windows = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3)       # [B, C*9, H*W]
+    med = windows.view(x.shape[0], c, 9, -1).median(dim=2).values
+    return med.view_as(x)
+
+
+def local_flow(fixed: torch.Tensor, moving: torch.Tensor, block: int = 16, radius: int = 8
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense displacement field by block matching (issue 6: the Ref is misaligned by a few
+    pixels, differently in different places, e.g. parallax of tall buildings).
+
+    fixed, moving: [B, 1, H, W] grey at the same resolution. Returns (flow [B, 2, H, W] in pixels,
+    (dy, dx) such that moving(p + flow(p)) matches fixed(p); confidence [B, 1, H, W], the
+    block NCC at the chosen displacement, in [-1, 1]). Cost: (2r+1)^2 box filters of the image."""
+    h, w = fixed.shape[-2:]
+    block = max(2, min(block, h, w))
+    volume = block_ncc_volume(fixed, moving, block, radius)
+    n = 2 * radius + 1
+    dist = torch.arange(n, dtype=volume.dtype) - radius
+    # tiny preference for small displacements: flat blocks (water, fields) stay put
+    penalty = 1e-3 * (dist.abs()[:, None] + dist.abs()[None, :]).reshape(1, -1, 1, 1)
+    best = (volume - penalty).argmax(dim=1, keepdim=True)
+    shifts = _median3(_subpixel(volume, best, radius))                   # [B, 2, Hb, Wb]
+    conf = _median3(volume.gather(1, best))
+    # blocks are centred at stride * i + (block - 1) / 2: interpolate to pixel centres
+    stride = max(block // 2, 1)
+    hb, wb = shifts.shape[-2:]
+    ys = ((torch.arange(h, dtype=volume.dtype) - (block - 1) / 2) / stride).clamp(0, hb - 1)
+    xs = ((torch.arange(w, dtype=volume.dtype) - (block - 1) / 2) / stride).clamp(0, wb - 1)
+    gy = 2 * ys / max(hb - 1, 1) - 1
+    gx = 2 * xs / max(wb - 1, 1) - 1
+    grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], dim=-1)  # [H, W, 2] (x, y)
+    grid = grid.expand(fixed.shape[0], h, w, 2)
+    flow = F.grid_sample(shifts, grid, mode="bilinear", align_corners=True)
+    conf = F.grid_sample(conf, grid, mode="bilinear", align_corners=True)
+    return flow, conf
+
+
+def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """out(p) = img(p + flow(p)), bilinear, edges replicated. img [B, C, H, W], flow [B, 2, H, W]."""
+    b, _, h, w = img.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=img.dtype), torch.arange(w, dtype=img.dtype),
+                            indexing="ij")
+    y = yy + flow[:, 0]
+    x = xx + flow[:, 1]
+    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+ALIGN_MODES = ("global", "local")
+
+
+def align_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, mode: str = "global",
+                    register: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Ref as the network sees it: ref [B, 3, H, W] aligned to the upsampled LR up.
+
+    mode "global": phase-correlation shift + colour matching; "local": then a dense block-matching
+    warp. register=False leaves the Ref as given. Returns (ref', confidence [B, 1, H, W] in
+    [0, 1]): the block NCC of the aligned Ref with up (negative correlation counts as no match)."""
+    if mode not in ALIGN_MODES:
+        raise ValueError(f"Ref alignment mode must be one of {ALIGN_MODES}, got {mode!r}")
+    if register:
+        ref, _ = register_reference(ref, up, scale)
+    fixed = to_grey(up)[:, None]
+    if register and mode == "local":
+        flow, conf = local_flow(fixed, low_pass(to_grey(ref)[:, None], scale))
+        ref = warp(ref, flow)
+    else:   # confidence of the Ref where it is (zero displacement)
+        _, conf = local_flow(fixed, low_pass(to_grey(ref)[:, None], scale), radius=0)
+    return ref, conf.clamp(0.0, 1.0)

@@ -25,23 +25,23 @@ from .data import RefSRDataset, TripletFolder, upsample
 from .flow import euler_sample, flow_loss
 from .metrics import psnr
 from .model import DSDiT
-from .registration import register_reference
+from .registration import align_reference
 from .space import WorkingSpace
 
 
-def load_validation(root, n: int, crop: int, scale: int) -> list[dict]:
-    """Centre crops (side `crop`) of the first n triplets of one folder, Ref registered."""
+def load_validation(root, n: int, crop: int, scale: int, align: str = "global") -> list[dict]:
+    """Centre crops (side `crop`) of the first n triplets of one folder, Ref aligned."""
     folder = TripletFolder(root)
     items = []
     for i in range(min(n, len(folder))):
         hr, lr, ref = folder.load(i)
         up = upsample(lr, hr.shape[-2:])
-        ref, _ = register_reference(ref, up, scale)
+        ref, conf = align_reference(ref, up, scale, align)
         h, w = hr.shape[-2:]
         c = min(crop, h, w) // 16 * 16                    # whole tokens for patch sizes up to 16
         y, x = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
         items.append({k: v[:, :, y:y + c, x:x + c] for k, v in
-                      (("hr", hr), ("up", up), ("ref", ref))})
+                      (("hr", hr), ("up", up), ("ref", ref), ("conf", conf))})
     return items
 
 
@@ -59,7 +59,7 @@ def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0,
         x0 = temperature * torch.randn(up_z.shape, generator=g).to(device)
         out["bicubic"].append(psnr(it["up"], it["hr"]))
         for name, ref in (("weak", None), ("ref", ref_z)):
-            x1 = euler_sample(model, x0, up_z, ref, steps=steps)
+            x1 = euler_sample(model, x0, up_z, ref, steps=steps, ref_conf=it["conf"].to(device))
             out[name].append(psnr(space.decode(space.untarget(x1, up_z)).cpu(), it["hr"]))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -147,9 +147,10 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
                              "use another --out or --no-resume")
         info.update(step=prev["step"], history=prev["history"])
         log(f"resumed from step {info['step']}")
-    dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob)
+    dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob,
+                           seed=seed, align=cfg.ref_align)
     log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} params")
-    val_items = load_validation(val, val_count, val_crop, cfg.scale) if val else []
+    val_items = load_validation(val, val_count, val_crop, cfg.scale, cfg.ref_align) if val else []
     space = WorkingSpace(cfg)
     t_start, losses = time.time(), []
     bar = tqdm(total=steps, initial=info["step"], disable=not progress, desc="train-refsr")
@@ -173,7 +174,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
         x1 = space.target(space.encode(b["hr"]), up_z)
         ref_on = (torch.rand(batch, generator=generator) >= ref_drop).to(device)
-        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator)
+        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator, ref_conf=b["conf"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -13,6 +13,9 @@ from sharp.refsr.model import DSDiT
 
 TINY = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
                    cond_highpass=True)
+# TINY with issue 6's matching options (as in the "small-match" preset)
+TINY_MATCH = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
+                         cond_highpass=True, ref_align="local", ref_confidence=True, weak_ref="null")
 # repo root is parents[2] of this file; shared/ sits beside the clone
 RRSSRD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "rrssrd"
 

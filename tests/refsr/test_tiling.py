@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from refsr.refsr_helpers import TINY, randomised, smooth_image
+from refsr.refsr_helpers import TINY, TINY_MATCH as MATCH, randomised, smooth_image
 from sharp.refsr.api import super_resolve
 from sharp.refsr.data import upsample
 from sharp.refsr.flow import euler_sample
+from sharp.refsr.registration import align_reference
 from sharp.refsr.space import WorkingSpace
 from sharp.refsr.tiling import blend_window, ramp, run_tiled, tile_starts, tiles
 
@@ -60,12 +61,16 @@ def _untiled(model, lr, ref, steps, seed):
     up_z, ref_z = space.encode(up), space.encode(ref_t)
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(up_z.shape, generator=g)
-    x1 = euler_sample(model, x0, up_z, ref_z, steps=steps)
+    conf = align_reference(ref_t, up, 4, model.cfg.ref_align, register=False)[1]
+    x1 = euler_sample(model, x0, up_z, ref_z, steps=steps,
+                      ref_conf=conf if model.cfg.ref_confidence else None)
     return space.decode(space.untarget(x1, up_z))[0].permute(1, 2, 0).numpy()
 
 
-def test_one_tile_equals_untiled_and_small_tiles_have_no_seams():
-    model = randomised(TINY)
+@pytest.mark.parametrize("cfg", [TINY, MATCH], ids=["small", "small-match"])
+def test_one_tile_equals_untiled_and_small_tiles_have_no_seams(cfg):
+    """small-match also cuts the Ref's matching confidence into the same tiles."""
+    model = randomised(cfg)
     lr, ref = smooth_image(24, 24, 1), smooth_image(96, 96, 2)
     ref_untiled = _untiled(model, lr, ref, steps=3, seed=5)
     one = super_resolve(model, lr, ref, scale=4, steps=3, seed=5, tile=96, overlap=16,
