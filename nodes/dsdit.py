@@ -175,8 +175,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
                 io.Boolean.Input(
                     "register_ref", default=True,
-                    tooltip="Coarse registration of the Ref to the LR (global shift + colour matching) "
-                            "before sampling.",
+                    tooltip="Align the Ref to the LR before sampling: a global shift + colour matching, "
+                            "plus a local block-matching warp for checkpoints trained with one.",
                     **advanced(),
                 ),
                 io.Vae.Input(

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in output pixels")
     p.add_argument("--no-register", action="store_true",
-                   help="skip the coarse shift/colour registration of the Ref")
+                   help="use the Ref as given: skip its alignment (global shift + colour, "
+                        "and the local warp of checkpoints trained with one)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=run)
 

@@ -1,0 +1,106 @@
+"""How much of the missing detail does an RRSSRD Ref hold? (issue 6, model-free)
+
+    python benchmarks/refsr_reference_information.py [--data DIR] [--limit N] [--json out.json]
+
+The detail a x4 SR model must add is r = HR - bicubic(LR). The Ref's comparable detail is
+d = Ref - bicubic(down(Ref)) after aligning the Ref to bicubic(LR) with
+`sharp.refsr.align_reference` ("none": as given, "global": shift + colour, "local": + dense
+block-matching warp). Per image, for the true Ref and another scene's Ref (the next image's):
+  corr         correlation of r and d (0 = the Ref's detail tells nothing about the HR's)
+  oracle       PSNR gain of bicubic + a d over bicubic, a fitted on the HR (upper bound of any
+               global linear copy)
+  oracle-gate  the same with a in [0, 1] fitted per 16x16 block (upper bound of a PLW-like gate
+               that copies Ref detail where it matches)
+  conf-gate    a rule that sees no HR: bicubic + A conf^2 d, conf the matching confidence of
+               align_reference, A = 0.2 (chosen on val_1st; not tuned on this set)
+The gap true - wrong is what the Ref's content is worth to each rule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "rrssrd" / "val_3rd"
+CONF_GATE_GAIN = 0.2    # A of the conf-gate rule, chosen on val_1st
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--limit", type=int, default=0, help="number of images (0 = all)")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--block", type=int, default=16, help="block side of oracle-gate")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from sharp.refsr import align_reference
+    from sharp.refsr.data import TripletFolder, upsample
+
+    torch.set_num_threads(1)
+    s = args.scale
+
+    def psnr(a, b):
+        return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
+
+    def detail(img):
+        """img - bicubic(down(img)): what a x s bicubic upsampling misses. [1, 3, H, W]"""
+        small = F.interpolate(img, scale_factor=1 / s, mode="bicubic", antialias=True,
+                              align_corners=False)
+        return img - F.interpolate(small, size=img.shape[-2:], mode="bicubic", align_corners=False)
+
+    def block_gate(r, d):
+        """Per-block least-squares a in [0, 1] (uses the HR: an upper bound)."""
+        num = F.avg_pool2d((r * d).sum(1, keepdim=True), args.block, ceil_mode=True)
+        den = F.avg_pool2d((d * d).sum(1, keepdim=True), args.block, ceil_mode=True)
+        a = (num / den.clamp_min(1e-10)).clamp(0, 1)
+        return F.interpolate(a, scale_factor=args.block, mode="nearest")[..., :r.shape[-2], :r.shape[-1]]
+
+    folder = TripletFolder(args.data)
+    n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
+    modes = ("none", "global", "local")
+    rules = ("corr", "oracle", "oracle-gate", "conf-gate")
+    rows = {(m, which, rule): [] for m in modes for which in ("true", "wrong") for rule in rules}
+    for i in range(n):
+        hr, lr, ref = folder.load(i)
+        wrong = folder.load((i + 1) % len(folder))[2]
+        up = upsample(lr, hr.shape[-2:])
+        r = hr - up
+        base = psnr(up, hr)
+        for which, cand in (("true", ref), ("wrong", wrong)):
+            for m in modes:
+                aligned, conf = align_reference(cand, up, s, "global" if m == "none" else m,
+                                                register=m != "none")
+                d = detail(aligned)
+                a = float((r * d).sum() / (d * d).sum())
+                rows[(m, which, "corr")].append(float((r * d).sum() / (r.norm() * d.norm())))
+                rows[(m, which, "oracle")].append(psnr(up + a * d, hr) - base)
+                rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d) * d, hr) - base)
+                rows[(m, which, "conf-gate")].append(psnr(up + CONF_GATE_GAIN * conf ** 2 * d, hr) - base)
+        print(f"[{i + 1}/{n}] {folder.names[i]}: local true/wrong oracle-gate "
+              f"{rows[('local', 'true', 'oracle-gate')][-1]:+.3f}/{rows[('local', 'wrong', 'oracle-gate')][-1]:+.3f} dB",
+              flush=True)
+    mean = {k: float(np.mean(v)) for k, v in rows.items()}
+    print(f"\n{n} images of {args.data}; PSNR gains over bicubic in dB (corr: correlation)\n")
+    print("| alignment | rule | true Ref | wrong Ref | true - wrong |\n|---|---|---|---|---|")
+    for m in modes:
+        for rule in rules:
+            t, w = mean[(m, "true", rule)], mean[(m, "wrong", rule)]
+            print(f"| {m} | {rule} | {t:+.3f} | {w:+.3f} | {t - w:+.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"images": n, "data": str(args.data), "conf_gate_gain": CONF_GATE_GAIN,
+             "mean": {"/".join(k): v for k, v in mean.items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
