@@ -179,6 +179,13 @@ class DSDiTReferenceSR(io.ComfyNode):
                             "plus a local block-matching warp for checkpoints trained with one.",
                     **advanced(),
                 ),
+                io.Float.Input(
+                    "ref_transfer", default=-1.0, min=-1.0, max=1.0, step=0.01,
+                    tooltip="Reference detail transfer: how much of the Ref's aligned detail, gated by how "
+                            "well it matches, is added after sampling. -1 = the checkpoint's fitted value; "
+                            "0 = off.",
+                    **advanced(),
+                ),
                 io.Vae.Input(
                     "vae", optional=True,
                     tooltip="Only for latent-space DS-DiT checkpoints: the VAE they were trained with. "
@@ -191,7 +198,7 @@ class DSDiTReferenceSR(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lr, ref, scale=4, steps=20, guidance=1.0, seed=0, tile_size=512, overlap=64,
-                temperature=-1.0, register_ref=True, vae=None) -> io.NodeOutput:
+                temperature=-1.0, register_ref=True, ref_transfer=-1.0, vae=None) -> io.NodeOutput:
         if int(scale) not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
@@ -218,7 +225,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                 out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=float(guidance),
                                     seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
                                     progress=progress, register=bool(register_ref),
-                                    temperature=None if temperature < 0 else float(temperature))
+                                    temperature=None if temperature < 0 else float(temperature),
+                                    ref_transfer=None if ref_transfer < 0 else float(ref_transfer))
         finally:
             model.to("cpu")
         for w in caught:  # the library also logs them

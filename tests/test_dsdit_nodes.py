@@ -59,7 +59,7 @@ def test_schemas(nodes):
     assert [o.io_type for o in loader.outputs] == ["DSDIT"] and [o.io_type for o in sr.outputs] == ["IMAGE"]
     ins = {i.id: i for i in sr.inputs}
     assert [i.id for i in sr.inputs] == ["model", "lr", "ref", "scale", "steps", "guidance", "seed", "tile_size",
-                                         "overlap", "temperature", "register_ref", "vae"]
+                                         "overlap", "temperature", "register_ref", "ref_transfer", "vae"]
     assert ins["model"].io_type == "DSDIT" and ins["lr"].io_type == ins["ref"].io_type == "IMAGE"
     assert ins["scale"].options == [2, 4, 8] and ins["scale"].default == 4
     assert ins["steps"].default == 20 and ins["guidance"].default == 1.0
@@ -71,12 +71,12 @@ def test_schemas(nodes):
 
 
 def test_object_info_widget_count(nodes):
-    """The UI saves 9 widget values for the SR node: 8 widgets, the seed also its control mode."""
+    """The UI saves 10 widget values for the SR node: 9 widgets, the seed also its control mode."""
     info = fake.object_info(nodes["SHARPDSDiTReferenceSR"])
     widgets = [(n, o) for n, t, w, o, r in W.ordered_inputs(info) if w]
     assert [n for n, _ in widgets] == ["scale", "steps", "guidance", "seed", "tile_size", "overlap",
-                                       "temperature", "register_ref"]
-    assert sum(1 + W.extra_widget_values(o) for _, o in widgets) == 8 + 1
+                                       "temperature", "register_ref", "ref_transfer"]
+    assert sum(1 + W.extra_widget_values(o) for _, o in widgets) == 9 + 1
 
 
 # --- the models/dsdit folder and the loader ----------------------------------------------------------

@@ -21,6 +21,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (no effect at temperature 0)")
     p.add_argument("--temperature", type=float, default=None,
                    help="initial-noise scale (default: the checkpoint's; 0 = deterministic)")
+    p.add_argument("--ref-transfer", type=float, default=None, metavar="LAMBDA",
+                   help="gain of the reference detail transfer (the Ref's aligned detail, gated by "
+                        "matching confidence, added after sampling); default: the checkpoint's "
+                        "fitted value; 0 = off")
     p.add_argument("--tile", type=int, default=512, help="tile size in output pixels")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in output pixels")
     p.add_argument("--no-register", action="store_true",
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     sr = super_resolve(model, lr, ref, scale=args.scale, steps=args.steps,
                        guidance=args.guidance, seed=args.seed, tile=args.tile,
                        overlap=args.overlap, progress=progress, register=not args.no_register,
-                       temperature=args.temperature)
+                       temperature=args.temperature, ref_transfer=args.ref_transfer)
     if bar is not None:
         bar.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

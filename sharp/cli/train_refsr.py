@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="ignore existing OUT.state.* files")
+    p.add_argument("--no-fit-transfer", action="store_true",
+                   help="skip fitting the reference-detail-transfer gain at the end "
+                        "(a few seconds per training image; see calibrate-refsr)")
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
                  batch=args.batch, crop=args.crop, lr=args.lr, ref_drop=args.ref_drop,
                  synthetic_ref_prob=args.synthetic_ref, val_every=args.val_every,
                  save_every=args.save_every, max_minutes=args.max_minutes, seed=args.seed,
-                 resume=not args.no_resume, device=args.device)
+                 resume=not args.no_resume, device=args.device,
+                 fit_transfer=not args.no_fit_transfer)
     print(f"wrote {args.out} at step {info['step']}")
     return 0

@@ -4,6 +4,7 @@ Public API (needs torch):
     load_dsdit(path) -> DSDiT           safetensors only; validates the config in its metadata
     super_resolve(model, lr, ref, ...)  tiled Euler sampling with optional autoguidance
     DEFAULT_CHECKPOINT                  the small CPU-trained pixel-space checkpoint shipped here
+    align_reference(ref, up, scale)     global / local alignment of the Ref + matching confidence
 See docs/dsdit.md.
 """
 from .api import DEFAULT_CHECKPOINT, prepare_inputs, reference_weight_map, super_resolve

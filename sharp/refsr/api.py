@@ -25,13 +25,14 @@ from .model import DSDiT
 from .registration import align_reference
 from .space import LatentCodec, WorkingSpace
 from .tiling import run_tiled, tiles
+from .transfer import apply_transfer, gated_detail
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsdit_small.safetensors"
 
-__all__ = ["DEFAULT_CHECKPOINT", "default_temperature", "load_dsdit", "super_resolve", "prepare_inputs",
-           "reference_weight_map"]
+__all__ = ["DEFAULT_CHECKPOINT", "default_ref_transfer", "default_temperature", "load_dsdit",
+           "super_resolve", "prepare_inputs", "reference_weight_map"]
 
 
 def _to_bchw(img, name: str) -> tuple[torch.Tensor, bool]:
@@ -79,15 +80,25 @@ def prepare_inputs(lr, ref, scale: int) -> tuple[torch.Tensor, Optional[torch.Te
     return lr_t, ref_t, batched
 
 
-def default_temperature(model: DSDiT) -> float:
-    """The checkpoint's recommended initial-noise temperature (metadata "sampling_defaults")."""
+def _sampling_default(model: DSDiT, key: str, fallback: float) -> float:
+    """One value of the checkpoint's "sampling_defaults" metadata (chosen at training time)."""
     raw = getattr(model, "metadata", {}).get("sampling_defaults")
     if raw:
         try:
-            return float(json.loads(raw)["temperature"])
-        except (ValueError, KeyError, TypeError):
+            return float(json.loads(raw).get(key, fallback))
+        except (ValueError, AttributeError, TypeError):
             log.warning("ignoring malformed sampling_defaults metadata: %r", raw)
-    return 1.0
+    return fallback
+
+
+def default_temperature(model: DSDiT) -> float:
+    """The checkpoint's recommended initial-noise temperature (1 if it has none)."""
+    return _sampling_default(model, "temperature", 1.0)
+
+
+def default_ref_transfer(model: DSDiT) -> float:
+    """The checkpoint's fitted reference-detail-transfer gain lambda (0 = off if it has none)."""
+    return _sampling_default(model, "ref_transfer", 0.0)
 
 
 def _from_bchw(t: torch.Tensor, batched: bool, like):
@@ -102,7 +113,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
                   guidance: float = 1.0, seed: int = 0, tile: int = 512, overlap: int = 64,
                   vae: Optional[LatentCodec] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
-                  register: bool = True, temperature: Optional[float] = None):
+                  register: bool = True, temperature: Optional[float] = None,
+                  ref_transfer: Optional[float] = None):
     """Reference-based SR of lr ([H/s, W/s, 3] or [B, ...]) guided by ref ([H, W, 3]).
 
     ref=None (or guidance applied to a missing Ref) gives the weak, LR-only prediction.
@@ -113,10 +125,16 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     warp for checkpoints with ref_align "local"; see registration.align_reference).
     temperature: scale of the initial noise; None takes the checkpoint's default (chosen on
     validation at training time; 0 for the shipped small model: a deterministic, PSNR-oriented
-    path on which the seed has no effect), else 1 (the trained distribution)."""
+    path on which the seed has no effect), else 1 (the trained distribution).
+    ref_transfer: gain lambda of the reference detail transfer (sharp.refsr.transfer: the Ref's
+    locally aligned detail, gated by matching confidence, added after sampling); None takes the
+    checkpoint's fitted value, 0 turns it off. Needs a Ref."""
     cfg = model.cfg
     if temperature is None:
         temperature = default_temperature(model)
+    gain = default_ref_transfer(model) if ref_transfer is None else float(ref_transfer)
+    if not (gain >= 0 and np.isfinite(gain)):
+        raise ValueError(f"ref_transfer must be a finite number >= 0 (0 = off), got {ref_transfer}")
     lr_t, ref_t, batched = prepare_inputs(lr, ref, scale)
     if scale != cfg.scale:
         log.info("checkpoint was trained for x%d, running x%d", cfg.scale, scale)
@@ -124,9 +142,15 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     b, _, h, w = lr_t.shape
     height, width = scale * h, scale * w
     up = upsample(lr_t, (height, width))
-    conf_t = None
+    conf_t = gated = None
     if ref_t is not None:
-        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register)
+        given = ref_t
+        ref_t, conf_t = align_reference(given, up, scale, cfg.ref_align, register)
+        if gain:   # the transfer always copies from the locally aligned Ref
+            local = (ref_t, conf_t) if cfg.ref_align == "local" or not register else \
+                align_reference(given, up, scale, "local")
+            gated = gated_detail(*local, scale)
+        del given
     space = WorkingSpace(cfg, vae)
     unit = cfg.unit
     ph, pw = -height % unit, -width % unit                      # pad to whole tokens
@@ -162,6 +186,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
 
     del lr_t
     out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp_(0, 1)
+    if gated is not None:
+        out = apply_transfer(out, gated, gain)
     return _from_bchw(out, batched, lr)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .registration import align_reference
+from .registration import align_reference, match_colour
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -164,9 +164,12 @@ class RefSRDataset(torch.utils.data.Dataset):
             y, x = s * _randint(g, 0, (h - c) // s), s * _randint(g, 0, (w - c) // s)
             hr_c, up_c = hr[:, :, y:y + c, x:x + c], up[:, :, y:y + c, x:x + c]
             if _rand(g) < self.synthetic_ref_prob:
-                # aligned like a real Ref at inference (the global stage also matches colour)
-                ref_c, conf_c = align_reference(synthetic_reference(hr, y, x, c, g), up_c, s,
-                                                self.align)
+                ref_c = synthetic_reference(hr, y, x, c, g)
+                if self.align == "local":   # aligned like a real Ref at inference
+                    ref_c, conf_c = align_reference(ref_c, up_c, s, "local")
+                else:                       # colour only: attention learns the random shift
+                    ref_c, conf_c = align_reference(match_colour(ref_c, up_c, s), up_c, s,
+                                                    register=False)
                 syn.append(True)
             else:
                 ref_c = self.ref[i][:, :, y:y + c, x:x + c]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .calibrate import fit_ref_transfer
 from .checkpoint import save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .data import RefSRDataset, TripletFolder, upsample
@@ -120,10 +121,13 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           ref_drop: float = 0.2, synthetic_ref_prob: float = 0.5, ema_decay: float = 0.999,
           val_every: int = 1000, val_count: int = 4, val_crop: int = 192, save_every: int = 500,
           max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
-          log: Callable[[str], None] = print, progress: bool = True) -> dict:
+          log: Callable[[str], None] = print, progress: bool = True,
+          fit_transfer: bool = True) -> dict:
     """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict.
 
-    device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved)."""
+    device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved).
+    fit_transfer: at the end, fit the reference-detail-transfer gain on the training folders
+    (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults."""
     from tqdm import tqdm
 
     cfg = PRESETS[config] if isinstance(config, str) else config
@@ -209,5 +213,16 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         info["sampling_defaults"] = sampling
         log(f"default sampling temperature {sampling['temperature']} "
             f"(val PSNR by temperature {sampling['val_psnr_by_temperature']})")
+    if fit_transfer:
+        ema.cpu()
+        fit = fit_ref_transfer(ema, data, scale=cfg.scale,
+                               temperature=sampling["temperature"] if sampling else None)
+        ema.to(device)
+        sampling = dict(sampling or {}, ref_transfer=fit["ref_transfer"],
+                        ref_transfer_fit={"data": [str(d) for d in data], "images": fit["images"],
+                                          "psnr_gain_db": fit["psnr_gain_db"]})
+        info["sampling_defaults"] = sampling
+        log(f"reference detail transfer gain {fit['ref_transfer']:.4f} "
+            f"({fit['psnr_gain_db']:+.3f} dB on {fit['images']} training images)")
     checkpoint(sampling)
     return info
