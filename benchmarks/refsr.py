@@ -2,6 +2,7 @@
 
     python benchmarks/refsr.py [--limit N] [--steps 20] [--guidance 2] [--json out.json]
     python benchmarks/refsr.py --ckpt s0.safetensors s1.safetensors s2.safetensors --jobs 2 ...
+    python benchmarks/refsr.py --combine s0.json s1.json s2.json     # table of earlier runs
 
 With several checkpoints (e.g. three training seeds) each is measured in its own process (--jobs
 at a time) and a table across them gives the spread: the Ref variant beats the no-Ref variant
@@ -12,9 +13,12 @@ Per image (480x480 HR, x4): PSNR and SSIM (RGB, 8-bit) and log-spectral distance
   bicubic          torch bicubic upsampling of the LR (the model's own starting point)
   weak             DS-DiT without Ref: the LR branch alone (weak_ref "off") or the upsampled
                    LR as a null Ref with zero confidence (weak_ref "null", same capacity)
-  ref              DS-DiT with the registered Ref
+  ref              DS-DiT with the aligned Ref, plus the checkpoint's reference detail transfer
+                   (sharp.refsr.transfer; off for checkpoints without a fitted gain)
   ref+AG           with Ref and autoguidance v = v_weak + g (v_ref - v_weak)
   wrong-ref        with another scene's Ref (the next image's): Ref effect = ref - wrong-ref
+  ref-network      the network alone with the Ref (transfer off)
+  wrong-network    the network alone with another scene's Ref: its own Ref effect
   ref-unregistered with the Ref as given (no shift / colour registration)
   null-ref         with the upsampled LR itself as the Ref (no information beyond the LR): shows
                    how much of "ref - weak" is the second attention branch rather than the Ref
@@ -123,8 +127,10 @@ def seed_spread(results: list[dict]) -> dict:
     table = {name: col(lambda r, n=name: r["metrics"][n]["psnr"])
              for name in results[0]["metrics"]}
     table["ref_minus_weak"] = col(lambda r: r["ref_minus_weak_db"]["mean"])
-    if results[0].get("ref_effect_db") is not None:
-        table["ref_effect"] = col(lambda r: r["ref_effect_db"])
+    for key in ("ref_effect", "network_ref_effect"):
+        if results[0].get(key + "_db") is not None:
+            table[key] = col(lambda r, k=key: r[k + "_db"])
+    table["ref_transfer_gain"] = col(lambda r: r.get("ref_transfer", 0.0))
     table["plw_true"] = col(lambda r: r["plw_mean_w"]["true"])
     table["plw_wrong"] = col(lambda r: r["plw_mean_w"]["wrong"])
     return table
@@ -148,11 +154,16 @@ def compare_checkpoints(ckpts: list[str], argv: list[str], args) -> int:
         if any(proc.wait() for proc in running):
             raise SystemExit("a checkpoint's benchmark failed (see above)")
         results = [json.loads(Path(o).read_text()) for o in outs]
+    return summarise_checkpoints(results, args.json)
+
+
+def summarise_checkpoints(results: list[dict], json_out: str | None = None) -> int:
+    """Print (and save) the across-checkpoint table of per-checkpoint results."""
     table = seed_spread(results)
-    print(f"\n### Across {len(ckpts)} checkpoints ({results[0]['images']} images each)\n")
-    print("| quantity (dB; PLW: mean w) | " + " | ".join(Path(c).stem for c in ckpts)
-          + " | mean | spread (max - min) |")
-    print("|---|" + "---|" * (len(ckpts) + 2))
+    names = [Path(r["checkpoint"]).stem for r in results]
+    print(f"\n### Across {len(results)} checkpoints ({results[0]['images']} images each)\n")
+    print("| quantity (dB; PLW: mean w) | " + " | ".join(names) + " | mean | spread (max - min) |")
+    print("|---|" + "---|" * (len(results) + 2))
     for name, v in table.items():
         print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in v["per_checkpoint"])
               + f" | {v['mean']:.3f} | {v['spread_max_minus_min']:.3f} |")
@@ -162,9 +173,13 @@ def compare_checkpoints(ckpts: list[str], argv: list[str], args) -> int:
           f"the checkpoints {margin['spread_max_minus_min']:.3f} dB; spread of the Ref PSNR "
           f"{table['ref']['spread_max_minus_min']:.3f} dB -> "
           f"{'margin larger than the spread' if verdict else 'NOT larger than the spread'}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoints": results, "across_checkpoints": table,
-                                               "margin_exceeds_spread": verdict}, indent=1))
+    if "ref_effect" in table:
+        eff = table["ref_effect"]
+        print(f"Ref effect (true - wrong Ref) {eff['mean']:+.3f} dB on average, spread "
+              f"{eff['spread_max_minus_min']:.3f} dB, smallest {min(eff['per_checkpoint']):+.3f} dB")
+    if json_out:
+        Path(json_out).write_text(json.dumps({"checkpoints": results, "across_checkpoints": table,
+                                              "margin_exceeds_spread": verdict}, indent=1))
     return 0
 
 
@@ -174,6 +189,8 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", nargs="+", default=None,
                    help="checkpoint(s) (default: the shipped small one); several: compared")
     p.add_argument("--jobs", type=int, default=1, help="checkpoints measured in parallel")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="only print the across-checkpoint table of earlier --json results")
     p.add_argument("--limit", type=int, default=6, help="number of images (0 = all)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=2.0, help="g for the ref+AG variant")
@@ -184,7 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--json", help="write all figures to this JSON file")
-    p.add_argument("--variants", default="weak,ref,ref+AG,wrong-ref,ref-unregistered",
+    p.add_argument("--variants", default="weak,ref,ref+AG,wrong-ref,ref-network,wrong-network,ref-unregistered",
                    help="comma-separated subset of the DS-DiT variants (bicubic is always run)")
     p.add_argument("--figure", help="save a PNG of the first image: inputs, output, PLW maps")
     p.add_argument("--_memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -192,6 +209,8 @@ def main(argv=None) -> int:
 
     from sharp.refsr import DEFAULT_CHECKPOINT
 
+    if args.combine:
+        return summarise_checkpoints([json.loads(Path(f).read_text()) for f in args.combine], args.json)
     ckpts = args.ckpt or [str(DEFAULT_CHECKPOINT)]
     if len(ckpts) > 1:
         return compare_checkpoints(ckpts, argv if argv is not None else sys.argv[1:], args)
@@ -203,7 +222,7 @@ def main(argv=None) -> int:
     import torch
 
     from sharp.refsr import load_dsdit, reference_weight_map, super_resolve
-    from sharp.refsr.api import default_temperature
+    from sharp.refsr.api import default_ref_transfer, default_temperature
     from sharp.refsr.data import TripletFolder, upsample
     from sharp.refsr.metrics import psnr, ssim
     from sharp.spectrum import log_spectral_distance
@@ -223,7 +242,8 @@ def main(argv=None) -> int:
         return t[0].permute(1, 2, 0).numpy()
 
     triplets = [tuple(to_hwc(t) for t in folder.load(i)) for i in range(n)]
-    all_names = ["bicubic", "weak", "ref", "ref+AG", "wrong-ref", "ref-unregistered", "null-ref"]
+    all_names = ["bicubic", "weak", "ref", "ref+AG", "wrong-ref", "ref-network", "wrong-network",
+                 "ref-unregistered", "null-ref"]
     chosen = {v.strip() for v in args.variants.split(",") if v.strip()}
     unknown = chosen - set(all_names)
     if unknown:
@@ -254,6 +274,10 @@ def main(argv=None) -> int:
             times["ref+AG"].append(time.perf_counter() - t0)
         if "wrong-ref" in names:
             outs["wrong-ref"] = super_resolve(model, lr, wrong, **kw)
+        if "ref-network" in names:
+            outs["ref-network"] = super_resolve(model, lr, ref, ref_transfer=0.0, **kw)
+        if "wrong-network" in names:
+            outs["wrong-network"] = super_resolve(model, lr, wrong, ref_transfer=0.0, **kw)
         if "null-ref" in names:
             outs["null-ref"] = super_resolve(model, lr, up, register=False, **kw)
         if "ref-unregistered" in names:
@@ -273,14 +297,20 @@ def main(argv=None) -> int:
 
     rows = {k: v for k, v in rows.items() if k in names}
     summary = {k: {m: float(np.mean(v)) for m, v in r.items()} for k, r in rows.items()}
-    ref_effect = (float(np.mean(np.array(rows["ref"]["psnr"]) - np.array(rows["wrong-ref"]["psnr"])))
-                  if "wrong-ref" in names else None)
+    def mean_diff(a, b):
+        return (float(np.mean(np.array(rows[a]["psnr"]) - np.array(rows[b]["psnr"])))
+                if a in names and b in names else None)
+
+    ref_effect = mean_diff("ref", "wrong-ref")
+    network_ref_effect = mean_diff("ref-network", "wrong-network")
     gain = np.array(rows["ref"]["psnr"]) - np.array(rows["weak"]["psnr"])
     seeds = {k: [float(np.mean(v)) for v in lists] for k, lists in seed_psnr.items()}
     result = {
         "checkpoint": str(ckpt), "images": n, "steps": args.steps, "temperature": temperature,
         "guidance": args.guidance, "metrics": summary,
         "ref_effect_db": ref_effect,
+        "network_ref_effect_db": network_ref_effect,
+        "ref_transfer": default_ref_transfer(model),
         "ref_minus_weak_db": {"mean": float(gain.mean()), "std_over_images": float(gain.std()),
                               "standard_error": float(gain.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
                               "images_improved": int((gain > 0).sum())},
@@ -303,7 +333,10 @@ def main(argv=None) -> int:
         s = summary[k]
         print(f"| {k} | {s['psnr']:.3f} | {s['ssim']:.4f} | {s['lsd']:.3f} |")
     if ref_effect is not None:
-        print(f"\nRef effect (ref - wrong-ref PSNR): {ref_effect:+.3f} dB")
+        print(f"\nRef effect (ref - wrong-ref PSNR): {ref_effect:+.3f} dB "
+              f"(reference detail transfer gain {result['ref_transfer']:.3f})")
+    if network_ref_effect is not None:
+        print(f"Ref effect of the network alone (ref-network - wrong-network): {network_ref_effect:+.3f} dB")
     se = result["ref_minus_weak_db"]["standard_error"]
     print(f"ref - weak: {gain.mean():+.3f} dB (std over images {gain.std():.3f}, standard error "
           f"{se if se is None else round(se, 3)}, "
