@@ -1,6 +1,7 @@
 """How much of the missing detail does an RRSSRD Ref hold? (issue 6, model-free)
 
-    python benchmarks/refsr_reference_information.py [--data DIR] [--limit N] [--json out.json]
+    python benchmarks/refsr_reference_information.py [--data DIR] [--fit DIR ...] [--limit N]
+                                                     [--json out.json]
 
 The detail a x4 SR model must add is r = HR - bicubic(LR). The Ref's comparable detail is
 d = Ref - bicubic(down(Ref)) after aligning the Ref to bicubic(LR) with
@@ -11,8 +12,9 @@ block-matching warp). Per image, for the true Ref and another scene's Ref (the n
                global linear copy)
   oracle-gate  the same with a in [0, 1] fitted per 16x16 block (upper bound of a PLW-like gate
                that copies Ref detail where it matches)
-  conf-gate    a rule that sees no HR: bicubic + A conf^2 d, conf the matching confidence of
-               align_reference, A = 0.2 (chosen on val_1st; not tuned on this set)
+  transfer     what sees no HR of this set: bicubic + lambda conf^p d (sharp.refsr.transfer,
+               conf the matching confidence of align_reference), lambda fitted by least squares
+               on the --fit folders (training data: val_1st + val_2nd), bicubic as the base
 The gap true - wrong is what the Ref's content is worth to each rule.
 """
 from __future__ import annotations
@@ -26,13 +28,16 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "rrssrd" / "val_3rd"
-CONF_GATE_GAIN = 0.2    # A of the conf-gate rule, chosen on val_1st
+RRSSRD = REPO / ".." / "shared" / "data" / "rrssrd"
+DEFAULT_DATA = RRSSRD / "val_3rd"
+DEFAULT_FIT = [RRSSRD / "val_1st", RRSSRD / "val_2nd"]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="evaluation folder (val_3rd)")
+    p.add_argument("--fit", nargs="+", default=[str(d) for d in DEFAULT_FIT],
+                   help="folders the transfer gain is fitted on (training data)")
     p.add_argument("--limit", type=int, default=0, help="number of images (0 = all)")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--block", type=int, default=16, help="block side of oracle-gate")
@@ -44,6 +49,7 @@ def main(argv=None) -> int:
 
     from sharp.refsr import align_reference
     from sharp.refsr.data import TripletFolder, upsample
+    from sharp.refsr.transfer import CONF_POWER, detail_layer, fit_transfer_gain, gated_detail
 
     torch.set_num_threads(1)
     s = args.scale
@@ -52,10 +58,7 @@ def main(argv=None) -> int:
         return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
 
     def detail(img):
-        """img - bicubic(down(img)): what a x s bicubic upsampling misses. [1, 3, H, W]"""
-        small = F.interpolate(img, scale_factor=1 / s, mode="bicubic", antialias=True,
-                              align_corners=False)
-        return img - F.interpolate(small, size=img.shape[-2:], mode="bicubic", align_corners=False)
+        return detail_layer(img, s)
 
     def block_gate(r, d):
         """Per-block least-squares a in [0, 1] (uses the HR: an upper bound)."""
@@ -64,10 +67,23 @@ def main(argv=None) -> int:
         a = (num / den.clamp_min(1e-10)).clamp(0, 1)
         return F.interpolate(a, scale_factor=args.block, mode="nearest")[..., :r.shape[-2], :r.shape[-1]]
 
+    errors, gated = [], []                 # the transfer gain, fitted on training folders
+    for root in args.fit:
+        fit_folder = TripletFolder(root)
+        for i in range(len(fit_folder)):
+            hr, lr, ref = fit_folder.load(i)
+            up = upsample(lr, hr.shape[-2:])
+            errors.append(hr - up)
+            gated.append(gated_detail(*align_reference(ref, up, s, "local"), s))
+    gain = fit_transfer_gain(errors, gated)
+    del errors, gated
+    print(f"transfer gain lambda = {gain:.4f} (p = {CONF_POWER:g}), fitted on {len(args.fit)} folder(s)",
+          flush=True)
+
     folder = TripletFolder(args.data)
     n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
     modes = ("none", "global", "local")
-    rules = ("corr", "oracle", "oracle-gate", "conf-gate")
+    rules = ("corr", "oracle", "oracle-gate", "transfer")
     rows = {(m, which, rule): [] for m in modes for which in ("true", "wrong") for rule in rules}
     for i in range(n):
         hr, lr, ref = folder.load(i)
@@ -84,7 +100,7 @@ def main(argv=None) -> int:
                 rows[(m, which, "corr")].append(float((r * d).sum() / (r.norm() * d.norm())))
                 rows[(m, which, "oracle")].append(psnr(up + a * d, hr) - base)
                 rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d) * d, hr) - base)
-                rows[(m, which, "conf-gate")].append(psnr(up + CONF_GATE_GAIN * conf ** 2 * d, hr) - base)
+                rows[(m, which, "transfer")].append(psnr(up + gain * conf ** CONF_POWER * d, hr) - base)
         print(f"[{i + 1}/{n}] {folder.names[i]}: local true/wrong oracle-gate "
               f"{rows[('local', 'true', 'oracle-gate')][-1]:+.3f}/{rows[('local', 'wrong', 'oracle-gate')][-1]:+.3f} dB",
               flush=True)
@@ -97,7 +113,8 @@ def main(argv=None) -> int:
             print(f"| {m} | {rule} | {t:+.3f} | {w:+.3f} | {t - w:+.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(
-            {"images": n, "data": str(args.data), "conf_gate_gain": CONF_GATE_GAIN,
+            {"images": n, "data": str(args.data), "fit": args.fit, "transfer_gain": gain,
+             "conf_power": CONF_POWER,
              "mean": {"/".join(k): v for k, v in mean.items()}}, indent=1))
     return 0
 

@@ -15,7 +15,7 @@ from sharp.refsr.checkpoint import load_dsdit, save_checkpoint
 from sharp.refsr.data import upsample
 from sharp.refsr.model import DSDiT
 from sharp.refsr.registration import align_reference
-from sharp.refsr.transfer import apply_transfer, detail_layer, fit_transfer_gain, gated_detail
+from sharp.refsr.transfer import CONF_POWER, apply_transfer, detail_layer, fit_transfer_gain, gated_detail
 
 
 def _textured(size, seed):
@@ -34,12 +34,13 @@ def test_detail_layer_of_constant_and_of_nyquist_checkerboard():
     assert torch.allclose(d[..., 8:-8, 8:-8], checker.expand(1, 3, 64, 64)[..., 8:-8, 8:-8], atol=0.01)
 
 
-def test_gate_is_confidence_squared():
+def test_gate_is_a_power_of_the_confidence():
     ref = _textured(32, 0)
     d = detail_layer(ref, 4)
     for c in (0.0, 0.5, 1.0):
         conf = torch.full((1, 1, 32, 32), c)
-        assert torch.allclose(gated_detail(ref, conf, 4), c ** 2 * d, atol=1e-7)
+        assert torch.allclose(gated_detail(ref, conf, 4), c ** CONF_POWER * d, atol=1e-7)
+    assert CONF_POWER >= 1
 
 
 def test_gain_fit_is_least_squares_and_clipped():
