@@ -58,3 +58,22 @@ def test_fresh_machine_main_command(tmp_path):
     lr = Image.open(ex / "lr.jpg")
     assert Image.open(out).size == (4 * lr.size[0], 4 * lr.size[1])
     assert np.asarray(Image.open(out)).std() > 1
+
+
+def test_calibrate_command(tmp_path, capsys):
+    from sharp.refsr.checkpoint import save_checkpoint
+    from sharp.refsr.model import DSDiT
+    from refsr.refsr_helpers import TINY
+
+    data = write_triplets(tmp_path / "data", n=2, size=64)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, DSDiT(TINY))
+    out = tmp_path / "cal.safetensors"
+    assert main(["calibrate-refsr", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out),
+                 "--steps", "1"]) == 0
+    assert "fitted on 2 images" in capsys.readouterr().out
+    defaults = json.loads(load_dsdit(out).metadata["sampling_defaults"])
+    assert 0.0 <= defaults["ref_transfer"] <= 1.0 and defaults["ref_transfer_fit"]["images"] == 2
+    assert main(["calibrate-refsr", "--ckpt", str(ckpt), "--data", str(data), "--out", "x.pt"]) == 2
+    assert main(["calibrate-refsr", "--ckpt", str(tmp_path / "none.safetensors"), "--data", str(data)]) == 2
+    assert "not found" in capsys.readouterr().err
