@@ -124,11 +124,11 @@ def seed_spread(results: list[dict]) -> dict:
         return {"per_checkpoint": vals, "mean": float(np.mean(vals)),
                 "spread_max_minus_min": float(np.max(vals) - np.min(vals)),
                 "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
-    table = {name: col(lambda r, n=name: r["metrics"][n]["psnr"])
-             for name in results[0]["metrics"]}
+    shared = [n for n in results[0]["metrics"] if all(n in r["metrics"] for r in results)]
+    table = {name: col(lambda r, n=name: r["metrics"][n]["psnr"]) for name in shared}
     table["ref_minus_weak"] = col(lambda r: r["ref_minus_weak_db"]["mean"])
     for key in ("ref_effect", "network_ref_effect"):
-        if results[0].get(key + "_db") is not None:
+        if all(r.get(key + "_db") is not None for r in results):
             table[key] = col(lambda r, k=key: r[k + "_db"])
     table["ref_transfer_gain"] = col(lambda r: r.get("ref_transfer", 0.0))
     table["plw_true"] = col(lambda r: r["plw_mean_w"]["true"])

@@ -37,6 +37,9 @@ def test_seed_spread_and_verdict(tmp_path, capsys):
     assert table["ref_minus_weak"]["spread_max_minus_min"] == pytest.approx(0.1)
     assert table["ref_effect"]["per_checkpoint"] == pytest.approx([0.2, 0.1, 0.1])
     assert "network_ref_effect" not in table                   # not measured: not tabulated
+    # a variant only some checkpoints ran is left out of the table
+    results[0]["metrics"]["ref+AG"] = {"psnr": 28.0}
+    assert "ref+AG" not in bench.seed_spread(results)
     assert bench.summarise_checkpoints(results, str(tmp_path / "t.json")) == 0
     assert "margin larger than the spread" in capsys.readouterr().out
     # a margin inside the spread is reported as such
