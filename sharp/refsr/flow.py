@@ -54,10 +54,11 @@ def euler_sample(model: DSDiT, x0, lr, ref=None, steps: int = 20, guidance: floa
     x = x0
     b = x.shape[0]
     encode = getattr(model, "encode_conditions", None)      # conditions are fixed: encode once
-    c_lr, c_ref = encode(lr, ref, ref_conf) if encode is not None else (None, None)
-    weak_kw = {"conds": encode(lr, None)} if encode is not None else {}
-    strong_kw = {"conds": (c_lr, c_ref)} if encode is not None else (
-        {"ref_conf": ref_conf} if ref_conf is not None else {})
+    if encode is None:
+        weak_kw, strong_kw = {}, ({"ref_conf": ref_conf} if ref_conf is not None else {})
+    else:   # only the predictions this call uses
+        weak_kw = {"conds": encode(lr, None)} if ref is None or guidance != 1.0 else {}
+        strong_kw = {"conds": encode(lr, ref, ref_conf)} if ref is not None else {}
     for i in range(steps):
         t = torch.full((b,), i / steps, device=x.device, dtype=x.dtype)
         if ref is None:
