@@ -5,11 +5,12 @@
 random aligned crops with the same flip/rot90 applied to HR, upsampled LR and Ref.
 
 Real Refs are aligned to the upsampled LR once at load time (`align_reference`, as at
-inference), which also gives their matching-confidence map. With probability `synthetic_ref_prob` a crop's Ref is instead synthesised from the HR
-(issue 6): a shifted and slightly warped HR crop with colour/season-like changes, blur and
-occluding patches from elsewhere, then colour-matched (and, with align "local", warped) to the
-upsampled LR. These pairs teach
-the Ref branch to find and copy matching texture, which 80 real triplets do not teach alone.
+inference), which also gives their matching-confidence map. With probability
+`synthetic_ref_prob` a crop's Ref is instead synthesised from the HR (issue 6): a shifted and
+slightly warped HR crop with colour/season-like changes, blur and occluding patches from
+elsewhere, then colour-matched (and, with align "local", aligned) to the upsampled LR. These
+pairs teach the Ref branch to find and copy matching texture, which 80 real triplets do not
+teach alone.
 """
 from __future__ import annotations
 

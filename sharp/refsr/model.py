@@ -135,9 +135,9 @@ class DSDiT(nn.Module):
     def null_reference(self, lr, ref=None, ref_conf=None, ref_on=None):
         """cfg.weak_ref "null": the Ref of dropped samples (ref_on False, or all when ref is None)
         becomes the upsampled LR with zero confidence. Returns (ref, ref_conf)."""
-        conf_shape = (lr.shape[0], 1, lr.shape[-2] * self.pixels_per_cell, lr.shape[-1] * self.pixels_per_cell)
         if ref is None:
-            return lr, lr.new_zeros(conf_shape)
+            ppc = self.pixels_per_cell
+            return lr, lr.new_zeros(lr.shape[0], 1, lr.shape[-2] * ppc, lr.shape[-1] * ppc)
         if ref_on is None:
             return ref, ref_conf
         keep = ref_on[:, None, None, None]
