@@ -22,7 +22,7 @@ from .checkpoint import load_dsdit
 from .data import upsample
 from .flow import euler_sample
 from .model import DSDiT
-from .registration import align_reference
+from .registration import align_reference, refine_local
 from .space import LatentCodec, WorkingSpace
 from .tiling import run_tiled, tiles
 from .transfer import apply_transfer, gated_detail
@@ -144,13 +144,11 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     up = upsample(lr_t, (height, width))
     conf_t = gated = None
     if ref_t is not None:
-        given = ref_t
-        ref_t, conf_t = align_reference(given, up, scale, cfg.ref_align, register)
+        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register)
         if gain:   # the transfer always copies from the locally aligned Ref
             local = (ref_t, conf_t) if cfg.ref_align == "local" or not register else \
-                align_reference(given, up, scale, "local")
+                refine_local(ref_t, up, scale)
             gated = gated_detail(*local, scale)
-        del given
     space = WorkingSpace(cfg, vae)
     unit = cfg.unit
     ph, pw = -height % unit, -width % unit                      # pad to whole tokens

@@ -205,21 +205,27 @@ def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 ALIGN_MODES = ("global", "local")
 
 
+def refine_local(ref: torch.Tensor, up: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local stage alone: warp a globally registered ref [B, 3, H, W] by the dense
+    block-matching flow against up; returns (ref', confidence [B, 1, H, W] in [0, 1])."""
+    flow, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale))
+    return warp(ref, flow), conf.clamp(0.0, 1.0)
+
+
 def align_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, mode: str = "global",
                     register: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The Ref as the network sees it: ref [B, 3, H, W] aligned to the upsampled LR up.
 
     mode "global": phase-correlation shift + colour matching; "local": then a dense block-matching
-    warp. register=False leaves the Ref as given. Returns (ref', confidence [B, 1, H, W] in
-    [0, 1]): the block NCC of the aligned Ref with up (negative correlation counts as no match)."""
+    warp (`refine_local`). register=False leaves the Ref as given. Returns (ref', confidence
+    [B, 1, H, W] in [0, 1]): the block NCC of the aligned Ref with up (negative correlation counts
+    as no match)."""
     if mode not in ALIGN_MODES:
         raise ValueError(f"Ref alignment mode must be one of {ALIGN_MODES}, got {mode!r}")
     if register:
         ref, _ = register_reference(ref, up, scale)
-    fixed = to_grey(up)[:, None]
-    if register and mode == "local":
-        flow, conf = local_flow(fixed, low_pass(to_grey(ref)[:, None], scale))
-        ref = warp(ref, flow)
-    else:   # confidence of the Ref where it is (zero displacement)
-        _, conf = local_flow(fixed, low_pass(to_grey(ref)[:, None], scale), radius=0)
+        if mode == "local":
+            return refine_local(ref, up, scale)
+    # confidence of the Ref where it is (zero displacement)
+    _, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale), radius=0)
     return ref, conf.clamp(0.0, 1.0)
