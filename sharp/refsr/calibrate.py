@@ -28,13 +28,14 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit
                      progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder).
 
-    Returns {"ref_transfer": lambda, "images": n, "psnr_gain_db": mean PSNR change on them}."""
+    Returns {"ref_transfer": lambda, "images": n, "psnr_gain_db": mean PSNR change on them,
+    "data": the folders}."""
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     folders = [TripletFolder(r) for r in roots]
     jobs = [(f, i) for f in folders for i in range(len(f) if limit <= 0 else min(limit, len(f)))]
     if temperature is None:
         temperature = default_temperature(model)
-    errors, gated, mse = [], [], []
+    errors, gated = [], []
     for k, (folder, i) in enumerate(jobs):
         hr, lr, ref = folder.load(i)
         sr = super_resolve(model, lr[0].permute(1, 2, 0), ref[0].permute(1, 2, 0), scale=scale,
@@ -49,7 +50,14 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit
     before = [float((e ** 2).mean()) for e in errors]
     after = [float(((e - gain * g) ** 2).mean()) for e, g in zip(errors, gated)]
     delta = sum(10 * torch.log10(torch.tensor(b / a)).item() for b, a in zip(before, after))
-    return {"ref_transfer": gain, "images": len(jobs), "psnr_gain_db": delta / max(1, len(jobs))}
+    return {"ref_transfer": gain, "images": len(jobs), "psnr_gain_db": delta / max(1, len(jobs)),
+            "data": [str(r) for r in roots]}
+
+
+def transfer_defaults(fit: dict) -> dict:
+    """The sampling_defaults entries of a fit: the gain, and how it was fitted."""
+    return {"ref_transfer": fit["ref_transfer"],
+            "ref_transfer_fit": {k: fit[k] for k in ("data", "images", "psnr_gain_db")}}
 
 
 def calibrate_checkpoint(path, roots, out=None, **kwargs) -> dict:
@@ -58,10 +66,7 @@ def calibrate_checkpoint(path, roots, out=None, **kwargs) -> dict:
     cfg, state, meta = read_checkpoint(path)
     model = load_dsdit(path)
     fit = fit_ref_transfer(model, roots, scale=cfg.scale, **kwargs)
-    defaults = json.loads(meta.get("sampling_defaults") or "{}")
-    defaults.update(ref_transfer=fit["ref_transfer"],
-                    ref_transfer_fit={"data": [str(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)],
-                                      "images": fit["images"], "psnr_gain_db": fit["psnr_gain_db"]})
+    defaults = dict(json.loads(meta.get("sampling_defaults") or "{}"), **transfer_defaults(fit))
     extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "dsdit_config")}
     extra["sampling_defaults"] = defaults
     save_checkpoint(out or path, model, extra=extra, state_dict=state)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .calibrate import fit_ref_transfer
+from .calibrate import fit_ref_transfer, transfer_defaults
 from .checkpoint import save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .data import RefSRDataset, TripletFolder, upsample
@@ -218,9 +218,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         fit = fit_ref_transfer(ema, data, scale=cfg.scale,
                                temperature=sampling["temperature"] if sampling else None)
         ema.to(device)
-        sampling = dict(sampling or {}, ref_transfer=fit["ref_transfer"],
-                        ref_transfer_fit={"data": [str(d) for d in data], "images": fit["images"],
-                                          "psnr_gain_db": fit["psnr_gain_db"]})
+        sampling = dict(sampling or {}, **transfer_defaults(fit))
         info["sampling_defaults"] = sampling
         log(f"reference detail transfer gain {fit['ref_transfer']:.4f} "
             f"({fit['psnr_gain_db']:+.3f} dB on {fit['images']} training images)")
