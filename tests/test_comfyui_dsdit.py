@@ -15,11 +15,12 @@ import time
 
 import pytest
 
+from workflow_check import api_twin
 from comfyui_harness import ROOT, skip_without_comfyui
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
-WORKFLOW = os.path.join(ROOT, "workflows", "dsdit_refsr_x4.json")
+WORKFLOW = os.path.join(ROOT, "example_workflows", "dsdit_refsr_x4.json")
 INPUTS = {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}
 
 
@@ -175,7 +176,7 @@ def server(H, tmp_path_factory):
 
 
 def _api():
-    with open(os.path.join(ROOT, "workflows", "api", os.path.basename(WORKFLOW))) as fh:
+    with open(api_twin(WORKFLOW)) as fh:
         api = json.load(fh)
     for node in api.values():
         if node["class_type"] == "SHARPDSDiTReferenceSR":
@@ -208,7 +209,7 @@ def test_workflow_validates_against_object_info(server):
     import workflow_check as W
 
     ui = json.load(open(WORKFLOW))
-    api = json.load(open(os.path.join(ROOT, "workflows", "api", os.path.basename(WORKFLOW))))
+    api = json.load(open(api_twin(WORKFLOW)))
     oi = server.object_info
     problems = W.check_ui(ui, oi, WORKFLOW) + W.check_twin(ui, api, oi, WORKFLOW) + W.check_api(api, oi, WORKFLOW)
     assert problems == []

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from workflow_check import api_twin
 from comfyui_harness import skip_without_comfyui
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
@@ -235,7 +236,7 @@ def test_hidream_e1_image_cond_does_not_count(H, built):
 # --- the per-family workflows against a real server's /object_info -----------------------------------
 
 FAMILY_WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                 "workflows", "family_*.json")))
+                                                 "example_workflows", "family_*.json")))
 MODEL_FILE_INPUTS = ("UNETLoader.unet_name", "CLIPLoader.clip_name", "DualCLIPLoader.clip_name1",
                      "DualCLIPLoader.clip_name2", "VAELoader.vae_name", "QuadrupleCLIPLoader.clip_name1",
                      "QuadrupleCLIPLoader.clip_name2", "QuadrupleCLIPLoader.clip_name3",
@@ -286,7 +287,7 @@ def test_family_workflow_validates_against_object_info(H, family_server, path):
     import workflow_check as W
 
     ui = json.load(open(path))
-    api = json.load(open(os.path.join(os.path.dirname(path), "api", os.path.basename(path))))
+    api = json.load(open(api_twin(path)))
     _needs(H, families.family(ui["extra"]["sharp_family"]))
     oi = family_server.object_info
     problems = (W.check_ui(ui, oi, path) + W.check_twin(ui, api, oi, path)

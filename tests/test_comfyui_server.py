@@ -27,13 +27,14 @@ import uuid
 
 import pytest
 
+from workflow_check import api_twin
 from comfyui_harness import ROOT, skip_without_comfyui
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
 # the DS-DiT workflows need the example images in ComfyUI's input folder: tests/test_comfyui_dsdit.py
 # the per-family workflows (family_*.json) load stock model files: validated in tests/test_comfyui_families.py
-WORKFLOWS = sorted(p for p in glob.glob(os.path.join(ROOT, "workflows", "*.json"))
+WORKFLOWS = sorted(p for p in glob.glob(os.path.join(ROOT, "example_workflows", "*.json"))
                    if "dsdit" not in os.path.basename(p) and not os.path.basename(p).startswith("family_"))
 STANDIN = "tiny-rs-flux"
 BROKEN = "broken-rs-flux"
@@ -203,7 +204,7 @@ def server(H, tmp_path_factory):
 
 def _load(path):
     ui = json.load(open(path))
-    api = json.load(open(os.path.join(os.path.dirname(path), "api", os.path.basename(path))))
+    api = json.load(open(api_twin(path)))
     return ui, api
 
 
@@ -287,7 +288,7 @@ def test_api_workflow_runs_end_to_end(H, server, path):
 
 
 def test_invalid_inputs_come_back_as_node_errors(server):
-    _, api = _load(os.path.join(ROOT, "workflows", "rsflux_sharp_2048.json"))
+    _, api = _load(os.path.join(ROOT, "example_workflows", "rsflux_sharp_2048.json"))
     bad = _tiny(api)
     sharp_id = next(nid for nid, n in bad.items() if n["class_type"] == "SHARPResolutionPromotion")
     bad[sharp_id]["inputs"]["method"] = "linear"
@@ -310,7 +311,7 @@ def test_invalid_inputs_come_back_as_node_errors(server):
 
 
 def test_runtime_error_is_reported_not_fatal(server):
-    _, api = _load(os.path.join(ROOT, "workflows", "rsflux_sharp_2048.json"))
+    _, api = _load(os.path.join(ROOT, "example_workflows", "rsflux_sharp_2048.json"))
     prompt = _tiny(api)
     loader = next(nid for nid, n in prompt.items() if n["class_type"] == "SHARPLoadRSFlux")
     prompt[loader]["inputs"]["folder"] = BROKEN  # listed, but a shard is truncated

@@ -294,7 +294,7 @@ def test_sr_vae_input(nodes, tiny_model, fresh_fakes):
 # --- the workflow ----------------------------------------------------------------------------------
 
 def _api():
-    return json.load(open(os.path.join(ROOT, "workflows", "api", WORKFLOW + ".json")))
+    return json.load(open(W.api_twin(WORKFLOW)))
 
 
 def test_workflow_contents():

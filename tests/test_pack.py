@@ -183,7 +183,7 @@ def test_pyproject_comfy_registry_fields():
 
 
 def _workflows():
-    files = sorted(glob.glob(os.path.join(ROOT, "workflows", "*.json")))
+    files = sorted(glob.glob(os.path.join(ROOT, "example_workflows", "*.json")))
     assert len(files) >= 4
     return files
 
@@ -193,13 +193,13 @@ def test_workflows_listed():
     assert {"rsflux_sharp_2048", "rsflux_sharp_3756x2560", "method_comparison", "multiscale_sweep",
             "dsdit_refsr_x4"} <= names
     for f in _workflows():
-        assert os.path.isfile(os.path.join(ROOT, "workflows", "api", os.path.basename(f))), f"{f} has no API twin"
+        assert os.path.isfile(W.api_twin(f)), f"{f} has no API twin"
 
 
 @pytest.mark.parametrize("path", _workflows(), ids=os.path.basename)
 def test_workflow_valid(path, object_info):
     ui = json.load(open(path))
-    api = json.load(open(os.path.join(os.path.dirname(path), "api", os.path.basename(path))))
+    api = json.load(open(W.api_twin(path)))
     problems = (W.check_ui(ui, object_info, path) + W.check_twin(ui, api, object_info, path)
                 + W.check_api(api, object_info, path, skip_value_of=("SHARPLoadRSFlux.folder",)))
     assert problems == []
@@ -249,7 +249,7 @@ def test_a_workflow_per_family():
 
 
 def test_workflow_contents():
-    load = lambda name: json.load(open(os.path.join(ROOT, "workflows", "api", name + ".json")))
+    load = lambda name: json.load(open(W.api_twin(name)))
     sizes = lambda api: {(n["inputs"]["width"], n["inputs"]["height"]) for n in api.values()
                          if n["class_type"] == "EmptySD3LatentImage"}
     assert sizes(load("rsflux_sharp_2048")) == {(2048, 2048)}
@@ -267,7 +267,7 @@ def test_workflow_contents():
 
 def test_checker_catches_broken_workflow(object_info):
     """The validator itself: a wrong widget count, a dangling link and a type mismatch are reported."""
-    ui = json.load(open(os.path.join(ROOT, "workflows", "rsflux_sharp_2048.json")))
+    ui = json.load(open(os.path.join(ROOT, "example_workflows", "rsflux_sharp_2048.json")))
     ksampler = next(n for n in ui["nodes"] if n["type"] == "KSampler")
     ksampler["widgets_values"].pop()
     ui["links"][0][5] = "LATENT"

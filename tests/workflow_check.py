@@ -9,6 +9,21 @@ Each check returns a list of problems (empty = valid), so a test can show all of
 """
 from __future__ import annotations
 
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# UI workflows live where ComfyUI's Templates browser serves them; their API-format twins (what
+# POST /prompt runs) in workflows/api/, a folder ComfyUI does not list
+UI_DIR = os.path.join(ROOT, "example_workflows")
+API_DIR = os.path.join(ROOT, "workflows", "api")
+
+
+def api_twin(name: str) -> str:
+    """Path of the API twin of a UI workflow, given its path or its name (with or without .json)."""
+    base = os.path.basename(name)
+    return os.path.join(API_DIR, base if base.endswith(".json") else base + ".json")
+
+
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
