@@ -16,3 +16,22 @@ def advanced() -> dict:
     except (TypeError, ValueError):
         return {}
     return {"advanced": True} if "advanced" in params else {}
+
+
+def free_memory(model_management, device, memory_required: int, ram_required: int = 0) -> None:
+    """comfy.model_management.free_memory (unload other models until `memory_required` bytes are free on
+    `device`), with its RAM target where this ComfyUI has one (ram_required: 0.14+), then soft_empty_cache."""
+    fn = getattr(model_management, "free_memory", None)
+    if fn is None:
+        return
+    try:
+        has_ram = "ram_required" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        has_ram = False
+    if has_ram:
+        fn(memory_required, device, ram_required=ram_required)
+    else:
+        fn(memory_required, device)
+    empty = getattr(model_management, "soft_empty_cache", None)
+    if empty is not None:
+        empty()

@@ -1,23 +1,23 @@
 """Nodes "Load DS-DiT" (-> DSDIT) and "DS-DiT Reference SR" (LR + Ref IMAGE -> SR IMAGE).
 
 Thin wrappers: loading, validation, tiling and sampling are `sharp.refsr` (docs/dsdit.md). Here only
-what is ComfyUI's: the `models/dsdit` folder (folder_paths, so extra_model_paths.yaml works), the
-device, the progress bar, interruption, and wrapping a ComfyUI VAE as the library's LatentCodec.
+what is ComfyUI's: the `models/dsdit` folder (folder_paths, so extra_model_paths.yaml works; the `path`
+input reads only inside those folders unless SHARP_ALLOW_ANY_PATH=1), the device and ComfyUI's memory
+management, the progress bar, interruption, and wrapping a ComfyUI VAE as the library's LatentCodec.
 """
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from sharp.refsr import DEFAULT_CHECKPOINT, CallableVAE, load_dsdit, super_resolve
+from sharp.refsr import DEFAULT_CHECKPOINT, CallableVAE, limits, load_dsdit, super_resolve
 
-from ._compat import advanced
+from ._compat import advanced, free_memory
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ EXTENSIONS = {".safetensors"}
 SHIPPED = f"{DEFAULT_CHECKPOINT.name} (shipped with SHARP)"
 SCALES = [2, 4, 8]
 DSDIT = io.Custom("DSDIT")
+ALLOW_ANY_PATH = "SHARP_ALLOW_ANY_PATH"
+"""Environment variable: set to 1 to let the `path` input load a .safetensors file from anywhere."""
 
 
 def register_model_folder() -> None:
@@ -47,8 +49,26 @@ def checkpoint_choices() -> list[str]:
     return [SHIPPED] + [n for n in folder_paths.get_filename_list(FOLDER_KEY) if n != SHIPPED]
 
 
+def any_path_allowed() -> bool:
+    return os.environ.get(ALLOW_ANY_PATH, "").strip().lower() in ("1", "true", "yes")
+
+
+def in_model_folder(path: str) -> bool:
+    """Is `path` (absolute) inside one of the dsdit model folders? Decided on the names alone
+    (normalised, `..` resolved, symlinks not): a symlink placed inside a model folder is followed,
+    as ComfyUI's own loaders follow it (docs/bad_inputs.md, "Symlinks")."""
+    path = os.path.normpath(path)
+    for root in folder_paths.get_folder_paths(FOLDER_KEY):
+        root = os.path.normpath(os.path.abspath(root))
+        if os.path.commonpath([path, root]) == root:
+            return True
+    return False
+
+
 def resolve_checkpoint(ckpt_name: str, path: str = "") -> str:
-    """The file to load: `path` when given (absolute .safetensors), else `ckpt_name` from models/dsdit."""
+    """The file to load: `path` when given (absolute .safetensors inside a dsdit model folder, or
+    anywhere with SHARP_ALLOW_ANY_PATH=1), else `ckpt_name` from models/dsdit. Whether a path is
+    allowed is decided before the file system is asked anything about it (no existence oracle)."""
     path = (path or "").strip()
     if path:
         path = os.path.expanduser(path)
@@ -57,6 +77,10 @@ def resolve_checkpoint(ckpt_name: str, path: str = "") -> str:
                              f"(or leave it empty and pick ckpt_name from models/{FOLDER_KEY})")
         if not path.lower().endswith(".safetensors"):
             raise ValueError(f"{path}: DS-DiT loads only .safetensors checkpoints")
+        if not any_path_allowed() and not in_model_folder(path):
+            raise ValueError(f"path {path!r} is outside ComfyUI's {FOLDER_KEY} model folders; put the checkpoint in "
+                             f"models/{FOLDER_KEY} and pick it in ckpt_name, or start ComfyUI with the environment "
+                             f"variable {ALLOW_ANY_PATH}=1 to load checkpoints from anywhere")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"DS-DiT checkpoint not found: {path}")
         return path
@@ -90,8 +114,9 @@ class LoadDSDiT(io.ComfyNode):
                 ),
                 io.String.Input(
                     "path", default="", multiline=False,
-                    tooltip="Optional absolute path to a DS-DiT .safetensors checkpoint; when set it is "
-                            "loaded instead of ckpt_name.",
+                    tooltip="Optional absolute path to a DS-DiT .safetensors checkpoint inside a models/dsdit "
+                            f"folder (anywhere if ComfyUI runs with {ALLOW_ANY_PATH}=1); when set it is loaded "
+                            "instead of ckpt_name.",
                 ),
             ],
             outputs=[DSDIT.Output(display_name="DSDIT", tooltip="The DS-DiT network, for 'DS-DiT Reference SR'.")],
@@ -127,6 +152,17 @@ def _show_on_node(text: str, node_id) -> None:
         PromptServer.instance.send_progress_text(text, node_id)
     except Exception:  # no server (in-process use) or an older ComfyUI
         pass
+
+
+class _Notes(logging.Handler):
+    """Collects the warnings the library logs during one execute, to show them under the node."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 class DSDiTReferenceSR(io.ComfyNode):
@@ -211,24 +247,35 @@ class DSDiTReferenceSR(io.ComfyNode):
             codec = comfy_vae_codec(vae, device)
         elif vae is not None:
             log.warning("DS-DiT: pixel-space checkpoint, the connected VAE is not used")
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        interrupted = comfy.model_management.throw_exception_if_processing_interrupted
+        interrupted()
         bar = comfy.utils.ProgressBar(1)
 
         def progress(done, total):
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            interrupted()
             bar.update_absolute(done, total)
 
+        # as ComfyUI's upscale-model node: ask model management for the room first (the weights and a
+        # tile on the device, the whole-image stages in RAM), then move the network by hand
+        if getattr(lr, "ndim", 0) == 4:  # other shapes: the library's error
+            b, h, w = lr.shape[0], int(scale) * lr.shape[1], int(scale) * lr.shape[2]
+            ram = limits.estimate_bytes(model.cfg, b, h, w, int(tile_size), True, bool(register_ref), True)
+            weights = sum(t.nbytes for t in model.state_dict().values())
+            free_memory(comfy.model_management, device, weights + limits.tile_bytes(model.cfg, b, int(tile_size)), ram)
+        notes = _Notes()
+        library_log = logging.getLogger("sharp")
+        library_log.addHandler(notes)
         model.to(device)
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=float(guidance),
-                                    seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
-                                    progress=progress, register=bool(register_ref),
-                                    temperature=None if temperature < 0 else float(temperature),
-                                    ref_transfer=None if ref_transfer < 0 else float(ref_transfer))
+            out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=guidance,
+                                seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
+                                progress=progress, register=bool(register_ref),
+                                temperature=None if temperature < 0 else temperature,   # NaN: refused there
+                                ref_transfer=None if ref_transfer < 0 else ref_transfer,
+                                cancel=interrupted)
         finally:
             model.to("cpu")
-        for w in caught:  # the library also logs them
-            _show_on_node(f"warning: {w.message}", node_id)
+            library_log.removeHandler(notes)
+        for text in notes.messages:  # already in the server log: the library logged them
+            _show_on_node(f"warning: {text}", node_id)
         return io.NodeOutput(out.float().cpu())

@@ -212,6 +212,17 @@ class ModelManagement:
         if cls.interrupt_after is not None and cls.checks >= cls.interrupt_after:
             raise InterruptProcessingException()
 
+    freed: list = []  # (memory_required, device, ram_required) of each free_memory call
+
+    @classmethod
+    def free_memory(cls, memory_required, device, keep_loaded=(), for_dynamic=False, ram_required=0):
+        cls.freed.append((memory_required, device, ram_required))
+        return []
+
+    @classmethod
+    def soft_empty_cache(cls, force=False):
+        pass
+
 
 def _modules() -> dict[str, types.ModuleType]:
     api = types.ModuleType("comfy_api")
@@ -234,6 +245,7 @@ def _modules() -> dict[str, types.ModuleType]:
     mm.InterruptProcessingException = InterruptProcessingException
     mm.throw_exception_if_processing_interrupted = ModelManagement.throw_exception_if_processing_interrupted
     mm.get_torch_device = lambda: "cpu"
+    mm.free_memory, mm.soft_empty_cache = ModelManagement.free_memory, ModelManagement.soft_empty_cache
     comfy.utils, comfy.model_management = utils, mm
     fp = types.ModuleType("folder_paths")
     fp.get_folder_paths = FolderPaths.get_folder_paths

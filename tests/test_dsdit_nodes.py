@@ -109,7 +109,8 @@ def test_model_folder_keeps_extra_paths(mod, fresh_fakes, tmp_path):
     assert choices[1:] == ["a.safetensors", "sub/mine.safetensors"]
 
 
-def test_loader_execute(nodes, mod, fresh_fakes, tmp_path):
+def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
+    monkeypatch.delenv("SHARP_ALLOW_ANY_PATH", raising=False)
     node = nodes["SHARPLoadDSDiT"]
     shipped_label = _inputs(node)["ckpt_name"].default
     assert shipped_label in _inputs(node)["ckpt_name"].options
@@ -142,12 +143,40 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path):
     with pytest.raises(ValueError, match="only .safetensors"):
         node.execute(ckpt_name=shipped_label, path=str(pickle))
     with pytest.raises(FileNotFoundError, match="not found"):
-        node.execute(ckpt_name=shipped_label, path=str(tmp_path / "nope.safetensors"))
+        node.execute(ckpt_name=shipped_label, path=str(folder / "nope.safetensors"))
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(folder / "notdsdit.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="not a DS-DiT checkpoint"):
         node.execute(ckpt_name="notdsdit.safetensors", path="")
+
+
+def test_path_outside_model_folders_needs_opt_in(nodes, fresh_fakes, tmp_path, monkeypatch):
+    """Issue 16: `path` reads only inside the dsdit model folders unless SHARP_ALLOW_ANY_PATH=1; the refusal is
+    the same whether the file exists, is a DS-DiT checkpoint or not (no existence oracle, no metadata echoed)."""
+    from safetensors.torch import save_file
+
+    node = nodes["SHARPLoadDSDiT"]
+    shipped = _inputs(node)["ckpt_name"].default
+    folder, outside = tmp_path / "models" / "dsdit", tmp_path / "input"
+    folder.mkdir(parents=True)
+    _write_ckpt(str(outside / "real.safetensors"))
+    save_file({"w": torch.zeros(2)}, str(outside / "foreign.safetensors"), metadata={"secret": "s3cr3t", "format": "x"})
+    fake.FolderPaths.roots["dsdit"] = [str(folder)]
+    monkeypatch.delenv("SHARP_ALLOW_ANY_PATH", raising=False)
+    messages = set()
+    for name in ("real.safetensors", "foreign.safetensors", "absent.safetensors", "../input/real.safetensors"):
+        target = str(outside / name) if not name.startswith("..") else str(folder) + "/" + name
+        with pytest.raises(ValueError, match="outside ComfyUI's dsdit model folders") as err:
+            node.execute(ckpt_name=shipped, path=target)
+        messages.add(str(err.value).replace(target, "PATH"))
+        assert "s3cr3t" not in str(err.value)
+    assert len(messages) == 1  # one answer for every file: nothing learnt about what exists there
+    monkeypatch.setenv("SHARP_ALLOW_ANY_PATH", "1")
+    assert node.execute(ckpt_name=shipped, path=str(outside / "real.safetensors")).result[0].cfg == TINY
+    with pytest.raises(ValueError, match="not a DS-DiT checkpoint") as err:
+        node.execute(ckpt_name=shipped, path=str(outside / "foreign.safetensors"))
+    assert "s3cr3t" not in str(err.value) and "'x'" not in str(err.value)
 
 
 # --- super-resolution ---------------------------------------------------------------------------
@@ -200,12 +229,25 @@ def test_sr_guidance_and_temperature_reach_the_sampler(nodes, tiny_model, fresh_
 
 
 def test_sr_interrupt(nodes, tiny_model, fresh_fakes):
+    """Interruption is checked inside every long stage (issue 16), not only between sampling steps: with a
+    local-alignment checkpoint the block matching checks once per displacement, before any tile."""
+    from refsr.refsr_helpers import TINY_MATCH
+
     node = nodes["SHARPDSDiTReferenceSR"]
-    fake.ModelManagement.interrupt_after = 3  # the check before sampling, then after steps 1 and 2
-    with pytest.raises(fake.InterruptProcessingException):
-        _sr(node, tiny_model, _img(16, 16, 1), _img(64, 64, 2), steps=10)
-    assert fake.ModelManagement.checks == 3 and len(fake.ProgressBar.updates) == 1
-    assert next(tiny_model.parameters()).device.type == "cpu"
+    match = randomised(TINY_MATCH, seed=2)
+    lr, ref = _img(16, 16, 1), _img(64, 64, 2)
+    _sr(node, match, lr, ref, steps=3, ref_transfer=0.5)
+    total = fake.ModelManagement.checks
+    assert total > 1 + 9 + 3  # before the work, the 3x3 local search (radius 8 in fact), the steps
+    for k in (2, total // 2, total):
+        fake.ModelManagement.checks, fake.ModelManagement.interrupt_after = 0, k
+        fake.ProgressBar.updates = []
+        with pytest.raises(fake.InterruptProcessingException):
+            _sr(node, match, lr, ref, steps=3, ref_transfer=0.5)
+        assert fake.ModelManagement.checks == k
+        if k == 2:
+            assert fake.ProgressBar.updates == []  # stopped inside registration, before the first tile
+        assert next(match.parameters()).device.type == "cpu"
 
 
 def test_sr_bad_inputs(nodes, tiny_model, fresh_fakes):

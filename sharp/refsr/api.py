@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,9 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_dsdit
+from .checkpoint import load_dsdit, sampling_defaults
+from .config import SAMPLING_BOUNDS, check_number
 from .data import upsample
 from .flow import euler_sample
+from .limits import check_request
 from .model import DSDiT
 from .registration import align_reference, refine_local
 from .space import LatentCodec, WorkingSpace
@@ -50,6 +51,8 @@ def _to_bchw(img, name: str) -> tuple[torch.Tensor, bool]:
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
     t = t.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} holds NaN or infinite pixel values: images must be finite, in [0, 1]")
     return t.permute(0, 3, 1, 2).contiguous(), batched
 
 
@@ -73,7 +76,6 @@ def prepare_inputs(lr, ref, scale: int) -> tuple[torch.Tensor, Optional[torch.Te
     if (rh, rw) != want:
         msg = (f"Ref is {rw}x{rh} but scale {scale} x LR {w}x{h} is {want[1]}x{want[0]}: "
                "resizing the Ref to match")
-        warnings.warn(msg, stacklevel=3)
         log.warning(msg)
         ref_t = F.interpolate(ref_t, size=want, mode="bicubic", align_corners=False,
                               antialias=True).clamp(0.0, 1.0)
@@ -81,14 +83,9 @@ def prepare_inputs(lr, ref, scale: int) -> tuple[torch.Tensor, Optional[torch.Te
 
 
 def _sampling_default(model: DSDiT, key: str, fallback: float) -> float:
-    """One value of the checkpoint's "sampling_defaults" metadata (chosen at training time)."""
-    raw = getattr(model, "metadata", {}).get("sampling_defaults")
-    if raw:
-        try:
-            return float(json.loads(raw).get(key, fallback))
-        except (ValueError, AttributeError, TypeError):
-            log.warning("ignoring malformed sampling_defaults metadata: %r", raw)
-    return fallback
+    """One value of the checkpoint's "sampling_defaults" metadata (chosen at training time),
+    checked finite and in range (checkpoint.sampling_defaults)."""
+    return sampling_defaults(getattr(model, "metadata", None) or {}).get(key, fallback)
 
 
 def default_temperature(model: DSDiT) -> float:
@@ -114,7 +111,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
                   vae: Optional[LatentCodec] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
                   register: bool = True, temperature: Optional[float] = None,
-                  ref_transfer: Optional[float] = None):
+                  ref_transfer: Optional[float] = None,
+                  cancel: Optional[Callable[[], None]] = None, memory_limit: Optional[int] = None):
     """Reference-based SR of lr ([H/s, W/s, 3] or [B, ...]) guided by ref ([H, W, 3]).
 
     ref=None (or guidance applied to a missing Ref) gives the weak, LR-only prediction.
@@ -128,14 +126,21 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     path on which the seed has no effect), else 1 (the trained distribution).
     ref_transfer: gain lambda of the reference detail transfer (sharp.refsr.transfer: the Ref's
     locally aligned detail, gated by matching confidence, added after sampling); None takes the
-    checkpoint's fitted value, 0 turns it off. Needs a Ref."""
+    checkpoint's fitted value, 0 turns it off. Needs a Ref.
+    cancel(): called inside every long stage (registration, each tile, the transfer); it aborts the
+    call by raising (ComfyUI: throw_exception_if_processing_interrupted). memory_limit: bytes the
+    whole-image stages may use (None: what the system reports available); a request that needs more
+    is refused before allocating (sharp.refsr.limits)."""
     cfg = model.cfg
-    if temperature is None:
-        temperature = default_temperature(model)
-    gain = default_ref_transfer(model) if ref_transfer is None else float(ref_transfer)
-    if not (gain >= 0 and np.isfinite(gain)):
-        raise ValueError(f"ref_transfer must be a finite number >= 0 (0 = off), got {ref_transfer}")
+    temperature = default_temperature(model) if temperature is None else \
+        check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
+    gain = default_ref_transfer(model) if ref_transfer is None else \
+        check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
+    guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
+    check = cancel if cancel is not None else (lambda: None)
     lr_t, ref_t, batched = prepare_inputs(lr, ref, scale)
+    tile, overlap = check_request(cfg, lr_t.shape[0], lr_t.shape[-2], lr_t.shape[-1], scale, tile, overlap,
+                                  ref_t is not None, register, bool(gain) and ref_t is not None, memory_limit)
     if scale != cfg.scale:
         log.info("checkpoint was trained for x%d, running x%d", cfg.scale, scale)
     device = next(model.parameters()).device
@@ -144,11 +149,12 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     up = upsample(lr_t, (height, width))
     conf_t = gated = None
     if ref_t is not None:
-        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register)
+        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register, cancel=cancel)
         if gain:   # the transfer always copies from the locally aligned Ref
             local = (ref_t, conf_t) if cfg.ref_align == "local" or not register else \
-                refine_local(ref_t, up, scale)
+                refine_local(ref_t, up, scale, cancel=cancel)
             gated = gated_detail(*local, scale)
+        check()
     space = WorkingSpace(cfg, vae)
     unit = cfg.unit
     ph, pw = -height % unit, -width % unit                      # pad to whole tokens
@@ -158,8 +164,6 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
             ref_t = F.pad(ref_t, (0, pw, 0, ph), mode="replicate")
             conf_t = F.pad(conf_t, (0, pw, 0, ph), mode="replicate")
     hp, wp = height + ph, width + pw
-    tile = max(unit, int(tile) // unit * unit)
-    overlap = min(max(0, -(-int(overlap) // unit) * unit), tile - unit)
     down = unit // cfg.patch                                    # pixels per working-grid cell
     g = torch.Generator().manual_seed(int(seed))
     noise = temperature * torch.randn(b, cfg.in_channels, hp // down, wp // down, generator=g)
@@ -172,6 +176,7 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
             progress(done[0], total)
 
     def one_tile(y, x, th, tw):
+        check()
         up_z = space.encode(up[:, :, y:y + th, x:x + tw].to(device))
         ref_z = conf = None
         if ref_t is not None:
@@ -186,6 +191,9 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp_(0, 1)
     if gated is not None:
         out = apply_transfer(out, gated, gain)
+    if not bool(torch.isfinite(out).all()):   # never hand back a black image as a success
+        raise ValueError("DS-DiT produced non-finite values (NaN/inf): the checkpoint or the inputs are "
+                         "damaged; check the LR/Ref images and the checkpoint's weights")
     return _from_bchw(out, batched, lr)
 
 

@@ -7,10 +7,14 @@ that validates it, and every error names the offending field.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 FORMAT = "dsdit"
 FORMAT_VERSION = 1
+
+MAX_CONFIG_CHARS = 65536
+"""Longest `dsdit_config` metadata string read (a real one is ~500 characters)."""
 
 
 @dataclass(frozen=True)
@@ -18,16 +22,16 @@ class DSDiTConfig:
     # Working space: "pixel" (pixel-unshuffle patches of the RGB image) or "latent" (a
     # caller-supplied VAE; `latent_channels` / `latent_downscale` must then match it).
     space: str = "pixel"
-    latent_channels: int = 4
-    latent_downscale: int = 8
-    patch: int = 4           # tokens are patch x patch cells of the working-space grid
-    dim: int = 32            # token width
-    depth: int = 3           # DS-DiT blocks
-    heads: int = 2
-    radius: int = 1          # neighbourhood attention radius in tokens ((2r+1)^2 keys per source)
-    mlp_ratio: float = 2.0
-    encoder_depth: int = 1   # conv layers of the shared (Siamese) condition encoder
-    plw_hidden: int = 8      # hidden channels of each Patch-Level Weighting module
+    latent_channels: int = 4      # [1, 64]
+    latent_downscale: int = 8     # [1, 64]
+    patch: int = 4           # [1, 32]; tokens are patch x patch cells of the working-space grid
+    dim: int = 32            # [1, 4096]; token width
+    depth: int = 3           # [1, 128]; DS-DiT blocks
+    heads: int = 2           # [1, 128]; divides dim
+    radius: int = 1          # [0, 32]; neighbourhood attention radius in tokens ((2r+1)^2 keys)
+    mlp_ratio: float = 2.0   # (0, 16], finite
+    encoder_depth: int = 1   # [1, 64]; conv layers of the shared (Siamese) condition encoder
+    plw_hidden: int = 8      # [1, 4096]; hidden channels of each Patch-Level Weighting module
     # Feed the Siamese encoder [image, image - GaussianBlur(image)] (issue 6): the Ref's detail
     # layer is then directly comparable to the residual the flow generates.
     cond_highpass: bool = False
@@ -43,8 +47,8 @@ class DSDiTConfig:
     weak_ref: str = "off"
     # Flow target: "residual" (HR - up(LR), scaled by res_scale) or "direct" (the HR itself).
     target: str = "residual"
-    res_scale: float = 15.0   # ~1 / std of the pixel residual in [-1, 1] units on RRSSRD
-    scale: int = 4           # SR factor the checkpoint was trained for (x2 and x8 also run)
+    res_scale: float = 15.0   # (0, 1e4], finite; ~1 / std of the pixel residual in [-1, 1] on RRSSRD
+    scale: int = 4           # [1, 16]; SR factor the checkpoint was trained for (x2, x8 also run)
 
     @property
     def in_channels(self) -> int:
@@ -72,13 +76,13 @@ class DSDiTConfig:
         for name, value in data.items():
             want = known[name].type
             if want == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-                raise ValueError(f"DS-DiT config field {name!r} must be an integer, got {value!r}")
+                raise ValueError(f"DS-DiT config field {name!r} must be an integer, got {short_repr(value)}")
             if want == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise ValueError(f"DS-DiT config field {name!r} must be a number, got {value!r}")
+                raise ValueError(f"DS-DiT config field {name!r} must be a number, got {short_repr(value)}")
             if want == "bool" and not isinstance(value, bool):
-                raise ValueError(f"DS-DiT config field {name!r} must be true/false, got {value!r}")
+                raise ValueError(f"DS-DiT config field {name!r} must be true/false, got {short_repr(value)}")
             if want == "str" and not isinstance(value, str):
-                raise ValueError(f"DS-DiT config field {name!r} must be a string, got {value!r}")
+                raise ValueError(f"DS-DiT config field {name!r} must be a string, got {short_repr(value)}")
             kwargs[name] = float(value) if want == "float" else value
         cfg = cls(**kwargs)
         cfg.validate()
@@ -86,31 +90,77 @@ class DSDiTConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "DSDiTConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"DS-DiT config metadata is not valid JSON: {err}") from None
+        if not isinstance(text, str) or len(text) > MAX_CONFIG_CHARS:
+            raise ValueError(f"DS-DiT config metadata must be a JSON string of at most "
+                             f"{MAX_CONFIG_CHARS} characters")
+        data = parse_json_object(text, "DS-DiT config metadata")
         return cls.from_dict(data)
 
     def validate(self) -> None:
         if self.space not in ("pixel", "latent"):
-            raise ValueError(f"config.space must be 'pixel' or 'latent', got {self.space!r}")
+            raise ValueError(f"config.space must be 'pixel' or 'latent', got {short_repr(self.space)}")
         if self.ref_align not in ("global", "local"):
-            raise ValueError(f"config.ref_align must be 'global' or 'local', got {self.ref_align!r}")
+            raise ValueError(f"config.ref_align must be 'global' or 'local', got {short_repr(self.ref_align)}")
         if self.weak_ref not in ("off", "null"):
-            raise ValueError(f"config.weak_ref must be 'off' or 'null', got {self.weak_ref!r}")
+            raise ValueError(f"config.weak_ref must be 'off' or 'null', got {short_repr(self.weak_ref)}")
         if self.target not in ("residual", "direct"):
-            raise ValueError(f"config.target must be 'residual' or 'direct', got {self.target!r}")
-        for name in ("patch", "dim", "depth", "heads", "encoder_depth", "plw_hidden",
-                     "latent_channels", "latent_downscale", "scale"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config.{name} must be >= 1, got {getattr(self, name)}")
-        if self.radius < 0:
-            raise ValueError(f"config.radius must be >= 0, got {self.radius}")
+            raise ValueError(f"config.target must be 'residual' or 'direct', got {short_repr(self.target)}")
+        for name, (lo, hi) in INT_BOUNDS.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValueError(f"config.{name} must be in [{lo}, {hi}], got {short_repr(value)}")
+        for name, hi in FLOAT_BOUNDS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= hi):
+                raise ValueError(f"config.{name} must be a finite number in (0, {hi:g}], got {short_repr(value)}")
         if self.dim % self.heads:
             raise ValueError(f"config.dim ({self.dim}) must be divisible by heads ({self.heads})")
-        if self.mlp_ratio <= 0 or self.res_scale <= 0:
-            raise ValueError("config.mlp_ratio and config.res_scale must be positive")
+
+
+# Bounds of the config fields (also in the comments beside them): far above any useful network
+# (the "large" preset is dim 768, depth 16), low enough that a config alone cannot ask for
+# terabytes. The tensors must match them as well (checkpoint.check_header_shapes).
+INT_BOUNDS = {"latent_channels": (1, 64), "latent_downscale": (1, 64), "patch": (1, 32),
+              "dim": (1, 4096), "depth": (1, 128), "heads": (1, 128), "radius": (0, 32),
+              "encoder_depth": (1, 64), "plw_hidden": (1, 4096), "scale": (1, 16)}
+FLOAT_BOUNDS = {"mlp_ratio": 16.0, "res_scale": 1e4}   # (0, hi], finite
+
+
+# Sampling settings: the super_resolve arguments and the checkpoint's "sampling_defaults" metadata
+# (chosen at training time) are checked against the same closed ranges.
+SAMPLING_BOUNDS = {"guidance": (0.0, 100.0), "temperature": (0.0, 10.0), "ref_transfer": (0.0, 10.0)}
+
+
+def check_number(name: str, value, lo: float, hi: float, where: str = "") -> float:
+    """float(value) if it is a finite number in [lo, hi], else a ValueError naming `name` (and `where`)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        number = float(value) if ok or hasattr(value, "__float__") else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and lo <= number <= hi):
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}{name} must be a finite number in [{lo:g}, {hi:g}], got {short_repr(value)}")
+    return number
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr of a value read from a file, cut to `limit` characters (errors never echo a whole file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_json_object(text: str, what: str) -> dict:
+    """json.loads(text) as a dict; malformed or too deeply nested JSON is a ValueError naming `what`."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:   # JSONDecodeError, or an integer of more than 4300 digits
+        raise ValueError(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be a config") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 # Presets for `train-refsr --config`. small: the shipped CPU model; base/large: GPU training.

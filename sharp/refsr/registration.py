@@ -17,6 +17,7 @@ Images here are torch tensors [B, 3, H, W] in [0, 1].
 from __future__ import annotations
 
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -112,13 +113,14 @@ def _block_stats(x: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor
     return mean, (F.avg_pool2d(x * x, block, stride) - mean * mean).clamp_min(0.0)
 
 
-def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radius: int
-                     ) -> torch.Tensor:
+def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radius: int,
+                     cancel: Optional[Callable[[], None]] = None) -> torch.Tensor:
     """Normalised cross-correlation of every block x block window (stride block / 2) of fixed
     with moving displaced by every integer (dy, dx) in [-radius, radius]^2.
 
     fixed, moving: [B, 1, H, W] -> ncc [B, (2r+1)^2, Hb, Wb]; shift index k = (dy + r) * (2r+1)
-    + (dx + r), and displaced means moving(p + (dy, dx)) (edges replicated)."""
+    + (dx + r), and displaced means moving(p + (dy, dx)) (edges replicated). cancel() is called
+    before each displacement (it aborts by raising)."""
     h, w = fixed.shape[-2:]
     stride = max(block // 2, 1)
     mu_f, var_f = _block_stats(fixed, block, stride)
@@ -126,6 +128,8 @@ def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radi
     out = []
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
+            if cancel is not None:
+                cancel()
             cand = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
             mu_c, var_c = _block_stats(cand, block, stride)
             cov = F.avg_pool2d(fixed * cand, block, stride) - mu_f * mu_c
@@ -159,8 +163,8 @@ def _median3(x: torch.Tensor) -> torch.Tensor:
     return med.view_as(x)
 
 
-def local_flow(fixed: torch.Tensor, moving: torch.Tensor, block: int = 16, radius: int = 8
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def local_flow(fixed: torch.Tensor, moving: torch.Tensor, block: int = 16, radius: int = 8,
+               cancel: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense displacement field by block matching (issue 6: the Ref is misaligned by a few
     pixels, differently in different places, e.g. parallax of tall buildings).
 
@@ -169,7 +173,7 @@ def local_flow(fixed: torch.Tensor, moving: torch.Tensor, block: int = 16, radiu
     block NCC at the chosen displacement, in [-1, 1]). Cost: (2r+1)^2 box filters of the image."""
     h, w = fixed.shape[-2:]
     block = max(2, min(block, h, w))
-    volume = block_ncc_volume(fixed, moving, block, radius)
+    volume = block_ncc_volume(fixed, moving, block, radius, cancel)
     n = 2 * radius + 1
     dist = torch.arange(n, dtype=volume.dtype) - radius
     # tiny preference for small displacements: flat blocks (water, fields) stay put
@@ -205,27 +209,31 @@ def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 ALIGN_MODES = ("global", "local")
 
 
-def refine_local(ref: torch.Tensor, up: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+def refine_local(ref: torch.Tensor, up: torch.Tensor, scale: int,
+                 cancel: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The local stage alone: warp a globally registered ref [B, 3, H, W] by the dense
     block-matching flow against up; returns (ref', confidence [B, 1, H, W] in [0, 1])."""
-    flow, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale))
+    flow, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale), cancel=cancel)
     return warp(ref, flow), conf.clamp(0.0, 1.0)
 
 
 def align_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, mode: str = "global",
-                    register: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    register: bool = True, cancel: Optional[Callable[[], None]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Ref as the network sees it: ref [B, 3, H, W] aligned to the upsampled LR up.
 
     mode "global": phase-correlation shift + colour matching; "local": then a dense block-matching
     warp (`refine_local`). register=False leaves the Ref as given. Returns (ref', confidence
     [B, 1, H, W] in [0, 1]): the block NCC of the aligned Ref with up (negative correlation counts
-    as no match)."""
+    as no match). cancel(): called between and inside the stages (aborts by raising)."""
     if mode not in ALIGN_MODES:
         raise ValueError(f"Ref alignment mode must be one of {ALIGN_MODES}, got {mode!r}")
     if register:
         ref, _ = register_reference(ref, up, scale)
+        if cancel is not None:
+            cancel()
         if mode == "local":
-            return refine_local(ref, up, scale)
+            return refine_local(ref, up, scale, cancel)
     # confidence of the Ref where it is (zero displacement)
-    _, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale), radius=0)
+    _, conf = local_flow(to_grey(up)[:, None], low_pass(to_grey(ref)[:, None], scale), radius=0, cancel=cancel)
     return ref, conf.clamp(0.0, 1.0)

@@ -41,7 +41,7 @@ def test_guidance_one_equals_plain_ref(model):
     assert np.array_equal(a, super_resolve(model, lr, ref, steps=2, guidance=1.0, seed=3))
 
 
-def test_bad_inputs():
+def test_bad_inputs(caplog):
     lr, ref = smooth_image(12, 12, 0), smooth_image(48, 48, 1)
     with pytest.raises(ValueError, match="larger than the Ref"):
         prepare_inputs(ref, lr, 4)
@@ -55,8 +55,9 @@ def test_bad_inputs():
         prepare_inputs(lr[..., 0], ref, 4)
     with pytest.raises(ValueError, match="scale"):
         prepare_inputs(lr, ref, 0)
-    with pytest.warns(UserWarning, match="resizing the Ref"):
+    with caplog.at_level("WARNING"):   # logged once (no Python warning: one channel, see issue 16)
         _, fixed, _ = prepare_inputs(lr, smooth_image(50, 40, 2), 4)
+    assert [r.getMessage() for r in caplog.records if "resizing the Ref" in r.getMessage()]
     assert fixed.shape == (1, 3, 48, 48)
 
 

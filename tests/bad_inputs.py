@@ -1,0 +1,92 @@
+"""The hostile and careless inputs of issue 16, one list per surface, shared by the tests that try them
+(library, nodes with the fakes, the real-ComfyUI server) and checked against the table in docs/bad_inputs.md
+(tests/test_bad_inputs.py: every id here is a row there and back).
+
+Each case: id -> (what the test builds, a regex the error message must match). Builders take the good
+pieces and return the bad ones; they are pure (no file system) so every test can write them where it wants.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+# --- DS-DiT checkpoints (Load DS-DiT, `python -m sharp refsr --ckpt`, sharp.refsr.load_dsdit) -------------
+# builder(cfg: dict, meta: dict, state: dict) -> (meta, state); cfg is the good config as a dict.
+
+
+def _cfg(**kw):
+    def build(cfg, meta, state):
+        return dict(meta, dsdit_config=json.dumps(dict(cfg, **kw))), state
+    return build
+
+
+def _raw_cfg(text):
+    def build(cfg, meta, state):
+        return dict(meta, dsdit_config=text), state
+    return build
+
+
+def _defaults(text):
+    def build(cfg, meta, state):
+        return dict(meta, sampling_defaults=text), state
+    return build
+
+
+def _nan_weight(cfg, meta, state):
+    state = dict(state)
+    key = sorted(state)[0]
+    bad = state[key].clone()
+    bad.view(-1)[0] = math.nan
+    state[key] = bad
+    return meta, state
+
+
+def _foreign(cfg, meta, state):
+    return {"format": "pt", "secret": "s3cr3t-metadata"}, state
+
+
+NESTED = "[" * 30000 + "]" * 30000  # 60 000 characters: within the length bound, beyond json's recursion
+
+CHECKPOINTS = {
+    "ckpt-depth-1e7": (_cfg(depth=10 ** 7), r"config\.depth must be in \[1, 128\]"),
+    "ckpt-dim-65536": (_cfg(dim=65536, heads=1), r"config\.dim must be in \[1, 4096\]"),
+    "ckpt-radius-1e5": (_cfg(radius=10 ** 5), r"config\.radius must be in \[0, 32\]"),
+    "ckpt-patch-2e4": (_cfg(patch=20000), r"config\.patch must be in \[1, 32\]"),
+    "ckpt-latent-channels-1e7": (_cfg(latent_channels=10 ** 7), r"config\.latent_channels must be in"),
+    "ckpt-mlp-ratio-1e7": (_cfg(mlp_ratio=1e7), r"config\.mlp_ratio must be a finite number in \(0, 16\]"),
+    "ckpt-mlp-ratio-nan": (_raw_cfg('{"mlp_ratio": NaN}'), r"config\.mlp_ratio must be a finite number"),
+    "ckpt-mlp-ratio-inf": (_raw_cfg('{"mlp_ratio": Infinity}'), r"config\.mlp_ratio must be a finite number"),
+    "ckpt-res-scale-nan": (_raw_cfg('{"res_scale": NaN}'), r"config\.res_scale must be a finite number"),
+    "ckpt-res-scale-inf": (_raw_cfg('{"res_scale": Infinity}'), r"config\.res_scale must be a finite number"),
+    # every field within its bounds, ~10^11 parameters: refused from the header's shapes, nothing built
+    "ckpt-huge-in-bounds": (_cfg(dim=4096, depth=128, heads=128, mlp_ratio=16.0, plw_hidden=4096, radius=32),
+                            r"tensors do not match its DS-DiT config"),
+    "ckpt-config-nested": (_raw_cfg(NESTED), r"nested too deeply"),
+    "ckpt-config-1mb": (_raw_cfg(" " * (1 << 20)), r"at most 65536 characters"),
+    "ckpt-config-huge-int": (_raw_cfg('{"depth": ' + "9" * 5000 + "}"), r"not valid JSON"),
+    "ckpt-temperature-nan": (_defaults('{"temperature": NaN}'), r"sampling_defaults\.temperature must be a finite"),
+    "ckpt-ref-transfer-1e30": (_defaults('{"ref_transfer": 1e30}'), r"sampling_defaults\.ref_transfer must be a"),
+    "ckpt-defaults-nested": (_defaults(NESTED), r"nested too deeply"),
+    "ckpt-nan-weights": (_nan_weight, r"holds NaN or infinite values"),
+    "ckpt-foreign-metadata": (_foreign, r"not a DS-DiT checkpoint"),
+}
+SECRET = "s3cr3t-metadata"  # must never appear in an error message
+
+
+# --- DS-DiT Reference SR / super_resolve arguments ----------------------------------------------------------
+# kwargs merged into a good call (LR 16x16, Ref 64x64, x4); "lr_size": (h, w) replaces the LR (Ref = 4x it).
+
+SR_ARGS = {
+    "sr-guidance-nan": ({"guidance": math.nan}, r"guidance must be a finite number in \[0, 100\]"),
+    "sr-guidance-inf": ({"guidance": math.inf}, r"guidance must be a finite number"),
+    "sr-temperature-nan": ({"temperature": math.nan}, r"temperature must be a finite number in \[0, 10\]"),
+    "sr-temperature-100": ({"temperature": 100.0}, r"temperature must be a finite number in \[0, 10\]"),
+    "sr-ref-transfer-nan": ({"ref_transfer": math.nan}, r"ref_transfer must be a finite number"),
+    "sr-ref-transfer-1e30": ({"ref_transfer": 1e30}, r"ref_transfer must be a finite number in \[0, 10\]"),
+    "sr-lr-1x1": ({"lr_size": (1, 1)}, r"LR is 1x1 px: DS-DiT needs an LR of at least 2x2 px"),
+    "sr-lr-nan-pixel": ({"lr_nan": True}, r"LR holds NaN or infinite pixel values"),
+    "sr-overlap-equals-tile": ({"tile_size": 32, "overlap": 32}, r"overlap \(32 px\) must be smaller than the tile"),
+    "sr-overlap-above-tile": ({"tile_size": 32, "overlap": 1024}, r"must be smaller than the tile"),
+    "sr-stride-4px": ({"tile_size": 32, "overlap": 28}, r"needs \d+ tiles .* computing every pixel"),
+    "sr-memory": ({"memory_limit": 1 << 20}, r"needs about .* GiB .* An LR of at most about \d+x\d+ px fits"),
+}

@@ -1,0 +1,164 @@
+"""Issue 16's hostile and careless inputs (tests/bad_inputs.py), each through the library, the CLI where it
+has the input, and the node with the fakes; plus the table in docs/bad_inputs.md kept in step with the list."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import bad_inputs as B
+import comfy_api_fake as fake
+from refsr.refsr_helpers import TINY, randomised, smooth_image
+from sharp.refsr import limits
+from sharp.refsr.checkpoint import load_dsdit, read_checkpoint, save_checkpoint
+
+ROOT = fake.ROOT
+DOC = os.path.join(ROOT, "docs", "bad_inputs.md")
+
+
+def doc_ids() -> list[str]:
+    """The ids in the first column of the tables of docs/bad_inputs.md."""
+    with open(DOC, encoding="utf-8") as fh:
+        return re.findall(r"^\| `([a-z0-9-]+)` \|", fh.read(), flags=re.M)
+
+
+def all_ids() -> list[str]:
+    import bad_inputs
+
+    return [k for name in dir(bad_inputs) if name.isupper() and isinstance(getattr(bad_inputs, name), dict)
+            for k in getattr(bad_inputs, name)]
+
+
+def test_doc_table_in_step_with_the_tests():
+    listed = doc_ids()
+    assert len(listed) == len(set(listed)), "an id twice in docs/bad_inputs.md"
+    assert sorted(listed) == sorted(all_ids())
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.safetensors"
+    save_checkpoint(path, randomised(TINY))
+    cfg, state, meta = read_checkpoint(path)
+    return json.loads(meta["dsdit_config"]), meta, state
+
+
+def write_bad(case: str, good, path) -> str:
+    build, _ = B.CHECKPOINTS[case]
+    meta, state = build(*good)
+    save_file(state, str(path), metadata=meta)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", sorted(B.CHECKPOINTS))
+def test_bad_checkpoint_library_and_cli(case, good, tmp_path, capsys):
+    path = write_bad(case, good, tmp_path / f"{case}.safetensors")
+    pattern = B.CHECKPOINTS[case][1]
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=pattern) as err:
+        load_dsdit(path)
+    assert time.perf_counter() - start < 30  # fails fast: nothing was built from the config (not a benchmark)
+    assert path in str(err.value) and B.SECRET not in str(err.value) and len(str(err.value)) < 2000
+    from sharp.cli import main
+
+    lr, out = tmp_path / "lr.png", tmp_path / "out.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(lr)
+    assert main(["refsr", "--lr", str(lr), "--out", str(out), "--ckpt", path]) == 2
+    cli = capsys.readouterr().err
+    assert re.search(pattern, cli) and B.SECRET not in cli and not out.exists()
+
+
+@pytest.mark.parametrize("case", sorted(B.CHECKPOINTS))
+def test_bad_checkpoint_node(case, good, nodes, tmp_path):
+    folder = tmp_path / "dsdit"
+    folder.mkdir()
+    write_bad(case, good, folder / "bad.safetensors")
+    saved = fake.FolderPaths.roots.get("dsdit")
+    fake.FolderPaths.roots["dsdit"] = [str(folder)]
+    try:
+        with pytest.raises(ValueError, match=B.CHECKPOINTS[case][1]) as err:
+            nodes["SHARPLoadDSDiT"].execute(ckpt_name="bad.safetensors", path="")
+    finally:
+        fake.FolderPaths.roots["dsdit"] = saved or []
+    assert B.SECRET not in str(err.value)
+
+
+# --- super-resolution arguments -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return randomised(TINY, seed=3)
+
+
+def sr_call(kw: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    kw = dict(kw)
+    h, w = kw.pop("lr_size", (16, 16))
+    lr, ref = smooth_image(h, w, 0), smooth_image(4 * h, 4 * w, 1)
+    if kw.pop("lr_nan", False):
+        lr = lr.copy()
+        lr[0, 0, 0] = np.nan
+    return kw, lr, ref
+
+
+@pytest.mark.parametrize("case", sorted(B.SR_ARGS))
+def test_bad_sr_arguments_library(case, model):
+    from sharp.refsr import super_resolve
+
+    kw, lr, ref = sr_call(B.SR_ARGS[case][0])
+    for key, lib in (("tile_size", "tile"),):
+        if key in kw:
+            kw[lib] = kw.pop(key)
+    with pytest.raises(ValueError, match=B.SR_ARGS[case][1]):
+        super_resolve(model, lr, ref, scale=4, steps=1, **kw)
+
+
+@pytest.mark.parametrize("case", sorted(B.SR_ARGS))
+def test_bad_sr_arguments_node(case, model, nodes, monkeypatch):
+    kw, lr, ref = sr_call(B.SR_ARGS[case][0])
+    if "memory_limit" in kw:  # the node has no such input: the machine has that little memory
+        limit = kw.pop("memory_limit")
+        monkeypatch.setattr(limits, "available_bytes", lambda: limit)
+    args = dict(scale=4, steps=1, guidance=1.0, seed=0, tile_size=512, overlap=16, temperature=-1.0,
+                register_ref=True, ref_transfer=-1.0)
+    args.update(kw)
+    fake.ModelManagement.freed = []
+    with pytest.raises(ValueError, match=B.SR_ARGS[case][1]):
+        nodes["SHARPDSDiTReferenceSR"].execute(model=model, lr=torch.from_numpy(lr)[None],
+                                               ref=torch.from_numpy(ref)[None], **args)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_node_asks_model_management_for_room_first(model, nodes):
+    """Before the work: comfy.model_management.free_memory for the weights + a tile on the device and, where
+    the ComfyUI has the parameter, the whole-image stages' RAM (the fake has it)."""
+    fake.ModelManagement.freed = []
+    lr, ref = smooth_image(16, 16, 0), smooth_image(64, 64, 1)
+    nodes["SHARPDSDiTReferenceSR"].execute(model=model, lr=torch.from_numpy(lr)[None], ref=torch.from_numpy(ref)[None],
+                                           scale=4, steps=1, guidance=1.0, seed=0, tile_size=512, overlap=16)
+    ((need, device, ram),) = fake.ModelManagement.freed
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert device == "cpu" and need > weights and ram >= 64 * 64 * limits.BYTES_PER_PX["base"]
+
+
+def test_tiny_lr_at_the_minimum_works(model):
+    from sharp.refsr import super_resolve
+
+    out = super_resolve(model, smooth_image(2, 2, 0), smooth_image(8, 8, 1), scale=4, steps=1)
+    assert out.shape == (8, 8, 3) and np.isfinite(out).all()
+
+
+def test_overlap_at_half_the_tile_is_fine():
+    from sharp.refsr.tiling import tiles
+
+    tile, overlap, n = limits.plan_tiles(480, 480, 32, 16, 4)
+    assert (tile, overlap) == (32, 16) and n == len(tiles(480, 480, 32, 16)) == 29 * 29  # starts 0, 16, ..., 448
