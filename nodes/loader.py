@@ -5,6 +5,7 @@ the model (as UNETLoader does), the text encoders and the VAE from those state d
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import comfy.sd
@@ -16,10 +17,21 @@ from sharp import diffusers_flux
 
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 FOLDER_KEY = "diffusion_models"
+log = logging.getLogger(__name__)
 
 
 def _roots() -> list[str]:
     return list(folder_paths.get_folder_paths(FOLDER_KEY))
+
+
+def folder_choices() -> list[str]:
+    """The dropdown: Flux folders under the roots. Never raises (a bad folder is skipped and logged by
+    the library); anything unforeseen is logged here and the list is empty rather than the pack broken."""
+    try:
+        return diffusers_flux.find_flux_folders(_roots())
+    except Exception:  # noqa: BLE001 - the node list must survive any model folder
+        log.exception("SHARP: could not list the diffusers Flux folders under %s", FOLDER_KEY)
+        return []
 
 
 def _model_options(weight_dtype: str) -> dict:
@@ -34,9 +46,13 @@ def _model_options(weight_dtype: str) -> dict:
 
 
 def _resolve(folder: str) -> str:
+    """The folder a prompt names, inside a diffusion_models root. Containment is decided on the names
+    (normalised, `..` refused), not on where symlinks point: a symlink placed in a model folder is
+    followed, for folders as for shard files, as ComfyUI's own model lists follow it (docs/bad_inputs.md)."""
     for root in _roots():
-        path = os.path.realpath(os.path.join(root, folder))
-        inside = os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root)
+        root = os.path.normpath(os.path.abspath(root))
+        path = os.path.normpath(os.path.join(root, folder))
+        inside = path != root and os.path.commonpath([path, root]) == root
         if inside and diffusers_flux.is_flux_folder(path):
             return path
     raise ValueError(
@@ -59,7 +75,7 @@ class LoadRSFlux(io.ComfyNode):
             ),
             inputs=[
                 io.Combo.Input(
-                    "folder", options=diffusers_flux.find_flux_folders(_roots()),
+                    "folder", options=folder_choices(),
                     tooltip="A folder under models/diffusion_models (or an extra model path) holding a diffusers "
                             "Flux pipeline (transformer/ + index JSON) or a transformer alone.",
                 ),

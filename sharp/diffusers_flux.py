@@ -15,6 +15,7 @@ non-safetensors files, keys that are not a Flux transformer) raises `DiffusersFo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,10 @@ TRANSFORMER_CLASS = "FluxTransformer2DModel"
 TRANSFORMER_STEM = "diffusion_pytorch_model"  # diffusers model weights
 TEXT_ENCODER_STEM = "model"                    # transformers model weights
 COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
+MAX_JSON_BYTES = 16 << 20
+"""Largest config / index JSON read (a Flux index is ~100 KB, a config ~1 KB)."""
+
+log = logging.getLogger(__name__)
 
 
 class DiffusersFolderError(ValueError):
@@ -125,6 +130,17 @@ def swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
+def _check_fusable(source: str, flux_key: str, parts: list) -> None:
+    """The parts fused into flux_key: q, k and v of one shape, and the single blocks' MLP input (4th part)
+    agreeing with them on every dimension but the first (the fusion's)."""
+    shapes = {key: tuple(t.shape) for key, t in parts}
+    qkv = [tuple(t.shape) for _, t in parts[:3]]
+    if len(set(qkv)) > 1 or len({s[1:] for s in shapes.values()}) > 1 or any(len(s) == 0 for s in shapes.values()):
+        listed = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+        raise DiffusersFolderError(f"{source}: cannot fuse {flux_key}: its parts have mismatched shapes ({listed}); "
+                                   "the shards come from different models or are damaged")
+
+
 def convert_state_dict(items: Iterable[tuple[str, torch.Tensor]], source: str = "the state dict") -> dict:
     """Convert (key, tensor) pairs of a diffusers Flux transformer to a Flux (BFL) state dict.
 
@@ -151,9 +167,10 @@ def convert_state_dict(items: Iterable[tuple[str, torch.Tensor]], source: str = 
         parts = pending.setdefault(flux_key, [None] * n)
         if parts[part] is not None:
             raise DiffusersFolderError(f"{source}: {key!r} appears twice")
-        parts[part] = tensor
+        parts[part] = (key, tensor)
         if all(p is not None for p in parts):
-            out[flux_key] = torch.cat(parts, dim=0)
+            _check_fusable(source, flux_key, parts)
+            out[flux_key] = torch.cat([t for _, t in parts], dim=0)
             del pending[flux_key]
     if pending:
         missing = sorted(pending)[:5]
@@ -172,11 +189,26 @@ def convert_state_dict(items: Iterable[tuple[str, torch.Tensor]], source: str = 
 # --- folders and shards ---------------------------------------------------------------------------
 
 def _read_json(path: str) -> dict:
+    """A JSON object file; anything else (too large, not UTF-8, malformed, nested too deeply) is a
+    DiffusersFolderError naming the file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise DiffusersFolderError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if size > MAX_JSON_BYTES:
+        raise DiffusersFolderError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, not a model's JSON file")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except json.JSONDecodeError as err:
-        raise DiffusersFolderError(f"{path}: not valid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise DiffusersFolderError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                                   "JSON files of a model folder are UTF-8") from None
+    except RecursionError:
+        raise DiffusersFolderError(f"{path}: JSON nested too deeply to be a model's config") from None
+    except ValueError as err:  # JSONDecodeError, or an integer of more than 4300 digits
+        raise DiffusersFolderError(f"{path}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise DiffusersFolderError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not isinstance(data, dict):
         raise DiffusersFolderError(f"{path}: expected a JSON object")
     return data
@@ -221,13 +253,11 @@ def shard_files(folder: str, stem: str) -> list[str]:
     index = os.path.join(folder, f"{stem}.safetensors.index.json")
     single = os.path.join(folder, f"{stem}.safetensors")
     if os.path.isfile(index):
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise DiffusersFolderError(f"{index}: no 'weight_map' naming the shards")
+        weight_map = _weight_map(index)
         names = sorted(set(weight_map.values()))
         for name in names:
-            if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".safetensors"):
-                raise DiffusersFolderError(f"{index}: names {name!r}, not a .safetensors file in this folder")
+            if os.path.basename(name) != name or not name.endswith(".safetensors"):
+                raise DiffusersFolderError(f"{index}: names {name[:200]!r}, not a .safetensors file in this folder")
             path = os.path.join(folder, name)
             if not os.path.isfile(path):
                 raise DiffusersFolderError(f"{path}: missing shard (listed in {index}); download it again")
@@ -235,6 +265,18 @@ def shard_files(folder: str, stem: str) -> list[str]:
     if os.path.isfile(single):
         return [single]
     raise DiffusersFolderError(f"{folder}: neither {stem}.safetensors nor {stem}.safetensors.index.json")
+
+
+def _weight_map(index: str) -> dict[str, str]:
+    """The index's weight_map {tensor key: shard file name}, every value a string."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise DiffusersFolderError(f"{index}: no 'weight_map' naming the shards")
+    for key, name in weight_map.items():
+        if not isinstance(name, str):
+            raise DiffusersFolderError(f"{index}: weight_map[{key[:200]!r}] is of type {type(name).__name__}, expected "
+                                       "the file name of a shard (a string)")
+    return weight_map
 
 
 def iter_tensors(paths: Iterable[str], dtype: torch.dtype | None = None,
@@ -281,7 +323,7 @@ def _check_index_keys(folder: str, stem: str) -> None:
     from safetensors import safe_open
 
     by_file: dict[str, set] = {}
-    for key, name in _read_json(index)["weight_map"].items():
+    for key, name in _weight_map(index).items():
         by_file.setdefault(name, set()).add(key)
     for name, keys in sorted(by_file.items()):
         path = os.path.join(folder, name)
@@ -316,13 +358,16 @@ def pipeline_components(folder: str) -> dict[str, str | None]:
 
 
 def is_flux_folder(folder: str) -> bool:
-    """Cheap check for listings: does `folder` look like a diffusers Flux pipeline or transformer?"""
+    """Cheap check for listings: does `folder` look like a diffusers Flux pipeline or transformer?
+
+    Never raises: a folder whose config cannot be read is not listed, with a warning naming the file."""
     for cand in (os.path.join(folder, "transformer"), folder):
         config = os.path.join(cand, "config.json")
         if _has_weights(cand, TRANSFORMER_STEM) and os.path.isfile(config):
             try:
                 return _read_json(config).get("_class_name") == TRANSFORMER_CLASS
-            except (OSError, DiffusersFolderError):
+            except Exception as err:  # noqa: BLE001 - nothing in a model folder may break a listing
+                log.warning("SHARP: skipping %s in the model list: %s", folder, err)
                 return False
     return False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 # --- DS-DiT checkpoints (Load DS-DiT, `python -m sharp refsr --ckpt`, sharp.refsr.load_dsdit) -------------
 # builder(cfg: dict, meta: dict, state: dict) -> (meta, state); cfg is the good config as a dict.
@@ -89,4 +90,88 @@ SR_ARGS = {
     "sr-overlap-above-tile": ({"tile_size": 32, "overlap": 1024}, r"must be smaller than the tile"),
     "sr-stride-4px": ({"tile_size": 32, "overlap": 28}, r"needs \d+ tiles .* computing every pixel"),
     "sr-memory": ({"memory_limit": 1 << 20}, r"needs about .* GiB .* An LR of at most about \d+x\d+ px fits"),
+}
+
+
+# --- diffusers Flux folders under models/diffusion_models (Load RS-FLUX, `python -m sharp convert`) ---------
+# builder(root: str, good: callable(path) -> writes a good pipeline folder at path) -> the folder's name.
+# expected: ("skipped", regex of the logged warning) | ("error", regex) | ("loads", None)
+
+
+def _config_bytes(data: bytes):
+    def build(root, good):
+        good(os.path.join(root, "bad"))
+        with open(os.path.join(root, "bad", "transformer", "config.json"), "wb") as fh:
+            fh.write(data)
+        return "bad"
+    return build
+
+
+def _sparse_config(root, good):
+    good(os.path.join(root, "bad"))
+    with open(os.path.join(root, "bad", "transformer", "config.json"), "r+b") as fh:
+        fh.truncate(17 << 20)  # sparse: no disk used
+    return "bad"
+
+
+def _index(edit):
+    def build(root, good):
+        good(os.path.join(root, "bad"))
+        index = os.path.join(root, "bad", "transformer", "diffusion_pytorch_model.safetensors.index.json")
+        with open(index) as fh:
+            data = json.load(fh)
+        edit(data["weight_map"])
+        with open(index, "w") as fh:
+            json.dump(data, fh)
+        return "bad"
+    return build
+
+
+def _first(weight_map, value):
+    weight_map[sorted(weight_map)[0]] = value
+
+
+def _qkv_mismatch(root, good):
+    good(os.path.join(root, "bad"), to_k_cols=64)
+    return "bad"
+
+
+def _symlinked_folder(root, good):
+    outside = os.path.join(os.path.dirname(root), "elsewhere", "rs-flux")
+    good(outside)
+    os.symlink(outside, os.path.join(root, "linked"))
+    return "linked"
+
+
+def _symlinked_shard(root, good):
+    good(os.path.join(root, "shardlink"))
+    tdir = os.path.join(root, "shardlink", "transformer")
+    name = sorted(f for f in os.listdir(tdir) if f.endswith(".safetensors"))[0]
+    outside = os.path.join(os.path.dirname(root), "shard-store")
+    os.makedirs(outside, exist_ok=True)
+    os.replace(os.path.join(tdir, name), os.path.join(outside, name))
+    os.symlink(os.path.join(outside, name), os.path.join(tdir, name))
+    return "shardlink"
+
+
+def _dotdot(root, good):
+    good(os.path.join(os.path.dirname(root), "outside"))
+    return "../outside"
+
+
+FOLDERS = {
+    "flux-config-utf16": (_config_bytes('{"_class_name": "FluxTransformer2DModel"}'.encode("utf-16")),
+                          ("skipped", r"config\.json: not UTF-8 text")),
+    "flux-config-nested": (_config_bytes(("[" * 100000 + "]" * 100000).encode()),
+                           ("skipped", r"config\.json: JSON nested too deeply")),
+    "flux-config-binary": (_config_bytes(bytes(range(256)) * 64), ("skipped", r"config\.json: not UTF-8 text")),
+    "flux-config-17mb": (_sparse_config, ("skipped", r"config\.json: larger than 16 MiB")),
+    "flux-weight-map-list": (_index(lambda m: _first(m, ["a.safetensors"])),
+                             ("error", r"index\.json: weight_map\[.*\] is of type list, expected the file name")),
+    "flux-weight-map-int": (_index(lambda m: _first(m, 7)), ("error", r"weight_map\[.*\] is of type int, expected")),
+    "flux-qkv-mismatch": (_qkv_mismatch, ("error", r"cannot fuse double_blocks\.0\.img_attn\.qkv\.weight: its parts "
+                                                   r"have mismatched shapes .*attn\.to_k\.weight \[128, 64\]")),
+    "flux-symlinked-folder": (_symlinked_folder, ("loads", None)),
+    "flux-symlinked-shard": (_symlinked_shard, ("loads", None)),
+    "flux-dotdot-name": (_dotdot, ("error", r"no diffusers Flux folder '\.\./outside'")),
 }

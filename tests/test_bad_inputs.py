@@ -162,3 +162,74 @@ def test_overlap_at_half_the_tile_is_fine():
 
     tile, overlap, n = limits.plan_tiles(480, 480, 32, 16, 4)
     assert (tile, overlap) == (32, 16) and n == len(tiles(480, 480, 32, 16)) == 29 * 29  # starts 0, 16, ..., 448
+
+
+# --- diffusers Flux folders -----------------------------------------------------------------------------------
+
+def good_folder(path, to_k_cols=None):
+    from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
+
+    sd = tiny_diffusers_flux(seed=1)
+    if to_k_cols:
+        sd["transformer_blocks.0.attn.to_k.weight"] = torch.zeros(128, to_k_cols)
+    write_diffusers_folder(str(path), sd, shards=2)
+    return str(path)
+
+
+def models_with(case, tmp_path):
+    root = tmp_path / "models" / "diffusion_models"
+    root.mkdir(parents=True)
+    good_folder(root / "good")
+    name = B.FOLDERS[case][0](str(root), good_folder)
+    return str(root), name
+
+
+@pytest.mark.parametrize("case", sorted(B.FOLDERS))
+def test_bad_flux_folder_library(case, tmp_path, caplog):
+    from sharp import diffusers_flux as D
+
+    root, name = models_with(case, tmp_path)
+    kind, pattern = B.FOLDERS[case][1]
+    with caplog.at_level("WARNING", logger="sharp"):
+        listed = D.find_flux_folders([root])
+    assert "good" in listed  # one bad folder never hides the others
+    if kind == "skipped":
+        assert name not in listed
+        msgs = [r.getMessage() for r in caplog.records if os.path.join(root, name) in r.getMessage()]
+        assert msgs and all(re.search(pattern, m) for m in msgs), msgs
+    elif name.startswith(".."):  # a prompt's name outside the roots: the node's rule (next test)
+        assert not any(n.startswith("..") for n in listed)
+    elif kind == "error":
+        with pytest.raises(D.DiffusersFolderError, match=pattern):
+            D.convert_transformer(os.path.join(root, name))
+    else:  # the symlink rule: followed inside a model folder
+        assert name in listed
+        sd = D.convert_transformer(os.path.join(root, name))
+        assert "double_blocks.0.img_attn.qkv.weight" in sd
+
+
+@pytest.mark.parametrize("case", sorted(B.FOLDERS))
+def test_bad_flux_folder_node(case, nodes, tmp_path, caplog):
+    root, name = models_with(case, tmp_path)
+    kind, pattern = B.FOLDERS[case][1]
+    saved = fake.FolderPaths.roots.get("diffusion_models", [])
+    fake.FolderPaths.roots["diffusion_models"] = [root]
+    fake.FakeSD.calls = []
+    node = nodes["SHARPLoadRSFlux"]
+    try:
+        with caplog.at_level("WARNING"):
+            options = {i.id: i for i in node.define_schema().inputs}["folder"].options  # what /object_info lists
+        assert "good" in options
+        if kind == "loads":
+            assert name in options
+            model, _, _ = node.execute(folder=name).result
+            assert model[0] == "MODEL"
+        else:
+            if kind == "skipped":
+                assert name not in options
+            expect = pattern if kind == "error" else r"no diffusers Flux folder"
+            with pytest.raises(ValueError, match=expect):
+                node.execute(folder=name)
+        assert node.execute(folder="good").result[0][0] == "MODEL"  # the next good prompt works
+    finally:
+        fake.FolderPaths.roots["diffusion_models"] = saved
