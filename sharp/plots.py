@@ -47,12 +47,31 @@ def plot_schedule(schedule: Schedule):
     return fig
 
 
+def check_labels(labels: Sequence[str]) -> None:
+    """Labels are drawn by matplotlib, which reads text between $ signs as mathtext: a label whose mathtext
+    does not parse is a ValueError naming it (rather than matplotlib's error when the figure is drawn)."""
+    _pyplot()
+    from matplotlib import cbook
+    from matplotlib.mathtext import MathTextParser
+
+    parser = MathTextParser("path")
+    for label in labels:
+        if cbook.is_math_text(label):
+            try:
+                parser.parse(label)
+            except ValueError as err:
+                first = str(err).strip().splitlines()[-1][:200]
+                raise ValueError(f"label {label!r}: text between $ signs is matplotlib mathtext and this does not "
+                                 f"parse ({first}); fix it or write a literal dollar sign as \\$") from None
+
+
 def plot_spectra(images: Sequence, labels: Sequence[str] | None = None, cutoff: float = 0.5):
     """Radially averaged power spectra of several images on one log plot, HF ratio in the legend."""
     plt = _pyplot()
     labels = list(labels) if labels is not None else [f"image {i}" for i in range(len(images))]
     if len(labels) != len(images):
         raise ValueError(f"got {len(labels)} labels for {len(images)} images")
+    check_labels(labels)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for image, label in zip(images, labels):
         freq, power = spectrum.radial_power_spectrum(image)

@@ -10,15 +10,29 @@ from collections.abc import Sequence
 from sharp import spectrum
 
 
+MAX_LABEL_CHARS = 80
+"""Longest label: a legend entry (a 1 MB label took matplotlib 89 s to lay out)."""
+MAX_LABELS_TEXT = 64 * 1024
+
+
 def parse_labels(text: str | None, count: int) -> list[str]:
     """Labels for `count` images from a comma- or newline-separated string.
 
     Empty -> "image 1", "image 2", ...; fewer labels than images -> the rest numbered; more -> ValueError.
+    A label longer than MAX_LABEL_CHARS is a ValueError (mathtext in labels: plots.check_labels).
     """
-    parts = [p.strip() for p in re.split(r"[,\n]", text or "")]
+    text = text or ""
+    if len(text) > MAX_LABELS_TEXT:
+        raise ValueError(f"labels text is {len(text)} characters; give short labels (at most {MAX_LABEL_CHARS} "
+                         "characters each), separated by commas or new lines")
+    parts = [p.strip() for p in re.split(r"[,\n]", text)]
     parts = [p for p in parts if p]
+    for i, p in enumerate(parts):
+        if len(p) > MAX_LABEL_CHARS:
+            raise ValueError(f"label {i + 1} is {len(p)} characters long ({p[:30]!r}...); labels are legend "
+                             f"entries of at most {MAX_LABEL_CHARS} characters")
     if len(parts) > count:
-        raise ValueError(f"got {len(parts)} labels ({', '.join(parts)}) for {count} image(s); "
+        raise ValueError(f"got {len(parts)} labels ({', '.join(parts)[:300]}) for {count} image(s); "
                          "give one label per image, separated by commas or new lines")
     return parts + [f"image {i + 1}" for i in range(len(parts), count)]
 

@@ -175,3 +175,13 @@ FOLDERS = {
     "flux-symlinked-shard": (_symlinked_shard, ("loads", None)),
     "flux-dotdot-name": (_dotdot, ("error", r"no diffusers Flux folder '\.\./outside'")),
 }
+
+
+# --- Spectrum Analysis / `python -m sharp spectrum`: (labels, cutoff) for a batch of 2 images -----------------
+
+SPECTRUM = {
+    "spectrum-bad-mathtext": ((r"$\frac{$, b", 0.5), r"label '\$\\\\frac\{\$': text between \$ signs is matplotlib mathtext"),
+    "spectrum-label-1mb": (("x" * (1 << 20), 0.5), r"labels text is 1048576 characters"),
+    "spectrum-label-200-chars": (("y" * 200 + ", b", 0.5), r"label 1 is 200 characters long"),
+    "spectrum-cutoff-nan": (("a, b", math.nan), r"cutoff must be a fraction of Nyquist in \(0, 1\), got nan"),
+}

@@ -233,3 +233,27 @@ def test_bad_flux_folder_node(case, nodes, tmp_path, caplog):
         assert node.execute(folder="good").result[0][0] == "MODEL"  # the next good prompt works
     finally:
         fake.FolderPaths.roots["diffusion_models"] = saved
+
+
+# --- Spectrum Analysis ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(B.SPECTRUM))
+def test_bad_spectrum_inputs_library_and_node(case, nodes):
+    from sharp import plots, spectrum_report
+
+    (labels, cutoff), pattern = B.SPECTRUM[case]
+    images = torch.from_numpy(np.stack([smooth_image(32, 32, 0), smooth_image(32, 32, 1)])).float()
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=pattern):
+        names = spectrum_report.parse_labels(labels, 2)
+        spectrum_report.spectrum_table(list(images), names, cutoff)
+        plots.plot_spectra(list(images), names, cutoff)
+    with pytest.raises(ValueError, match=pattern):
+        nodes["SHARPSpectrumAnalysis"].execute(images=images, labels=labels, cutoff=cutoff)
+    assert time.perf_counter() - start < 30  # was 89 s for a 1 MB label (a bound, not a benchmark)
+
+
+def test_valid_mathtext_label_still_drawn(nodes):
+    images = torch.from_numpy(np.stack([smooth_image(32, 32, 0), smooth_image(32, 32, 1)])).float()
+    plot, table = nodes["SHARPSpectrumAnalysis"].execute(images=images, labels=r"$\alpha$, cost $5", cutoff=0.5).result
+    assert plot.shape[-1] == 3 and r"$\alpha$" in table

@@ -11,7 +11,7 @@ image-sized arrays, so their peak grows linearly with the output pixels B x H x 
     peak ~ BYTES_PER_PX[stage] * B * H * W + the model's tile working set
 
 The per-pixel constants are peak-RSS measurements of `super_resolve` at 512^2..1536^2 outputs
-(benchmarks/refsr_memory.py prints them), rounded up.
+(benchmarks/refsr_memory.py prints them side by side with this estimate), rounded up.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ MAX_REDUNDANCY = 8.0
 overlap <= tile / 2 stays below 4."""
 
 # measured peak bytes per output pixel (B x H x W) of the whole-image stages, see module docstring
-BYTES_PER_PX = {"base": 80, "global": 130, "local": 260, "transfer": 120}
+# (1024^2 output, one CPU thread: 86 no Ref, 158 global, 146 local, 188-192 with the transfer)
+BYTES_PER_PX = {"base": 90, "global": 80, "local": 90, "transfer": 40}
 
 
 def check_lr_size(h: int, w: int) -> None:
