@@ -27,9 +27,13 @@ What a promoted clone does:
   width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
   at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
   belongs to. "keep" leaves the model's noise schedule alone.
+- promoting an already promoted model replaces the earlier promotion's RoPE (the last node wins; the
+  RoPE methods do not stack) and logs a warning; its noise_shift "keep" keeps the earlier node's
+  schedule (a "resolution" wrapper included), any other value replaces it.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -40,6 +44,8 @@ from sharp import families, rope
 from sharp.families import UnsupportedModelError  # noqa: F401  (re-exported: the node's error type)
 from sharp.rope import METHODS
 from sharp.schedule import FLUX_SHIFT_MU, VAE_DOWNSCALE, flux_resolution_mu
+
+log = logging.getLogger(__name__)
 
 PATCH_KEY = "sharp"
 """Key of our wrappers (ComfyUI's `add_wrapper_with_key`)."""
@@ -269,11 +275,17 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     if mu is not None and make_flux_sampling is None:
         raise ValueError(f"noise_shift {noise_shift!r} needs make_flux_sampling")
 
+    if isinstance(original, sharp.RoPEEmbedder):
+        log.warning("SHARP Resolution Promotion: this model is already promoted (method %r); the later node "
+                    "replaces that promotion's RoPE (method %r now) - chaining two does not stack them. Its "
+                    "noise_shift %r %s.", original.method, method, noise_shift,
+                    "keeps the earlier node's schedule" if noise_shift == "keep" else "replaces the earlier one's")
     patched = model.clone()
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
     patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
-    patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
+    if noise_shift != "keep":  # "keep" keeps the schedule the model came with, an earlier promotion's too
+        patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
         patched.add_object_patch(SAMPLING_PATH, make_flux_sampling(mu))
     if noise_shift == "resolution" and mu is not None:

@@ -185,3 +185,12 @@ SPECTRUM = {
     "spectrum-label-200-chars": (("y" * 200 + ", b", 0.5), r"label 1 is 200 characters long"),
     "spectrum-cutoff-nan": (("a, b", math.nan), r"cutoff must be a fraction of Nyquist in \(0, 1\), got nan"),
 }
+
+
+# --- SHARP Resolution Promotion: a promoted model promoted again (first node's kwargs, second node's kwargs) ----
+
+PROMOTION = {
+    "promotion-chained": (({"method": "yarn"}, {"method": "sharp", "alpha_s": 2.0}), r"already promoted \(method 'yarn'\)"),
+    "promotion-chained-keep": (({"method": "sharp", "noise_shift": "resolution"}, {"method": "dype", "noise_shift": "keep"}),
+                               r"noise_shift 'keep' keeps the earlier node's schedule"),
+}

@@ -257,3 +257,41 @@ def test_valid_mathtext_label_still_drawn(nodes):
     images = torch.from_numpy(np.stack([smooth_image(32, 32, 0), smooth_image(32, 32, 1)])).float()
     plot, table = nodes["SHARPSpectrumAnalysis"].execute(images=images, labels=r"$\alpha$, cost $5", cutoff=0.5).result
     assert plot.shape[-1] == 3 and r"$\alpha$" in table
+
+
+# --- promotion chained --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(B.PROMOTION))
+def test_chained_promotion_warns_last_wins(case, caplog):
+    import comfy_fake as cf
+    from sharp import promotion as P
+
+    (first, second), pattern = B.PROMOTION[case]
+    make = lambda mu: cf.ModelSamplingFlux(shift=mu)  # noqa: E731
+    kw = dict(apply_model_wrapper=cf.APPLY_MODEL, outer_sample_wrapper=cf.OUTER_SAMPLE, make_flux_sampling=make)
+    with caplog.at_level("WARNING", logger="sharp"):
+        once = P.promote(cf.flux_patcher(), **first, **kw)
+        assert not caplog.records  # a single promotion says nothing
+        twice = P.promote(once, **second, **kw)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert re.search(pattern, msg)
+    assert twice.get_model_object(P.EMBEDDER_PATH).method == second["method"]  # the last one wins
+    assert len(twice.get_wrappers(cf.APPLY_MODEL, P.PATCH_KEY)) == 1
+    if second.get("noise_shift") == "keep":  # the earlier node's "resolution" schedule stays whole
+        assert len(twice.get_wrappers(cf.OUTER_SAMPLE, P.PATCH_KEY)) == 1
+        assert twice.get_model_object(P.SAMPLING_PATH) is once.get_model_object(P.SAMPLING_PATH)
+
+
+@pytest.mark.parametrize("case", sorted(B.PROMOTION))
+def test_chained_promotion_node(case, nodes, caplog):
+    import comfy_fake as cf
+
+    (first, second), pattern = B.PROMOTION[case]
+    node = nodes["SHARPResolutionPromotion"]
+    model = cf.flux_patcher()
+    model.model.model_config = None
+    with caplog.at_level("WARNING"):
+        once = node.execute(model=model, **first).result[0]
+        twice = node.execute(model=once, **second).result[0]
+    assert any(re.search(pattern, r.getMessage()) for r in caplog.records)
+    assert twice.get_model_object("diffusion_model.pe_embedder").method == second["method"]
