@@ -31,7 +31,8 @@ MAX_REDUNDANCY = 8.0
 overlap <= tile / 2 stays below 4."""
 
 # measured peak bytes per output pixel (B x H x W) of the whole-image stages, see module docstring
-# (1024^2 output, one CPU thread: 86 no Ref, 158 global, 146 local, 188-192 with the transfer)
+# (measured, 1024^2 / 2048^2 outputs: 90 / 64 no Ref, 146 / 138 global, 150 / 141 local, 160-172 / 141
+# with the transfer; this estimate is 1.2-1.6x those peaks)
 BYTES_PER_PX = {"base": 90, "global": 80, "local": 90, "transfer": 40}
 
 
