@@ -194,3 +194,11 @@ PROMOTION = {
     "promotion-chained-keep": (({"method": "sharp", "noise_shift": "resolution"}, {"method": "dype", "noise_shift": "keep"}),
                                r"noise_shift 'keep' keeps the earlier node's schedule"),
 }
+
+# node float inputs outside the DS-DiT nodes: (node id, kwargs) -> regex. ComfyUI's min/max let NaN through.
+NODE_FLOATS = {
+    "promotion-alpha-nan": (("SHARPResolutionPromotion", {"alpha_s": math.nan}), r"alpha_s must be a finite number"),
+    "promotion-beta-inf": (("SHARPResolutionPromotion", {"beta_lo": math.inf}), r"beta must be a pair of positive"),
+    "promotion-gamma-nan": (("SHARPResolutionPromotion", {"gamma_hi": math.nan}), r"gamma must be a pair of positive"),
+    "schedule-alpha-nan": (("SHARPSchedulePreview", {"alpha_s": math.nan}), r"alpha_s must be a finite number"),
+}

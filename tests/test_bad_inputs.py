@@ -295,3 +295,19 @@ def test_chained_promotion_node(case, nodes, caplog):
         twice = node.execute(model=once, **second).result[0]
     assert any(re.search(pattern, r.getMessage()) for r in caplog.records)
     assert twice.get_model_object("diffusion_model.pe_embedder").method == second["method"]
+
+
+@pytest.mark.parametrize("case", sorted(B.NODE_FLOATS))
+def test_node_float_inputs_refuse_nan_inf(case, nodes):
+    import comfy_fake as cf
+
+    (node_id, kw), pattern = B.NODE_FLOATS[case]
+    node = nodes[node_id]
+    if node_id == "SHARPResolutionPromotion":
+        model = cf.flux_patcher()
+        model.model.model_config = None
+        kw = dict(kw, model=model)
+    else:
+        kw = dict(dict(width=2048, height=2048), **kw)
+    with pytest.raises(ValueError, match=pattern):
+        node.execute(**kw)

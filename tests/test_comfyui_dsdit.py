@@ -132,7 +132,8 @@ def _random_taesd(channels=16):
     return comfy.sd.VAE(sd=comfyui_harness.random_taesd_state_dict(channels))
 
 
-def test_latent_checkpoint_with_comfy_vae(H, dsdit, tmp_path):
+def test_latent_checkpoint_with_comfy_vae(H, dsdit, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARP_ALLOW_ANY_PATH", "1")  # the checkpoint is in tmp_path, outside the model folders
     vae = _random_taesd(16)
     assert vae.latent_channels == 16 and vae.downscale_ratio == 8
     path = _write_tiny(str(tmp_path / "latent.safetensors"),
