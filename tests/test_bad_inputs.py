@@ -311,3 +311,22 @@ def test_node_float_inputs_refuse_nan_inf(case, nodes):
         kw = dict(dict(width=2048, height=2048), **kw)
     with pytest.raises(ValueError, match=pattern):
         node.execute(**kw)
+
+
+def test_memory_refused_before_allocating(model):
+    """Issue 16's case: LR 2048^2 at x8 allocated 6.9 GB before failing. Under an 8 GiB budget it is refused
+    up front, naming an LR that fits, and the process's peak RSS does not grow by a whole-image buffer."""
+    import resource
+
+    from sharp.refsr import super_resolve
+
+    lr = np.zeros((2048, 2048, 3), np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with pytest.raises(ValueError, match=r"needs about \d+\.\d GiB .* An LR of at most about (\d+)x\1 px fits") as err:
+        super_resolve(model, lr, None, scale=8, steps=1, memory_limit=8 << 30)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < 256 << 20  # one float32 copy of the 16384^2 output alone would be 3 GiB
+    side = int(re.search(r"at most about (\d+)x", str(err.value)).group(1))
+    assert 256 <= side < 2048
+    need = limits.estimate_bytes(model.cfg, 1, 8 * side, 8 * side, 512, False, True, False)
+    assert need <= 8 << 30  # the size it names does fit

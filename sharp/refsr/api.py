@@ -138,9 +138,12 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
         check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
     guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
     check = cancel if cancel is not None else (lambda: None)
+    shape = tuple(lr.shape) if hasattr(lr, "shape") else np.shape(lr)   # checked before any copy is made
+    if len(shape) in (3, 4) and int(scale) == scale and scale >= 1:        # else prepare_inputs says what
+        b, h, w = (1, *shape[:2]) if len(shape) == 3 else shape[:3]
+        tile, overlap = check_request(cfg, b, h, w, int(scale), tile, overlap, ref is not None, register,
+                                      bool(gain) and ref is not None, memory_limit)
     lr_t, ref_t, batched = prepare_inputs(lr, ref, scale)
-    tile, overlap = check_request(cfg, lr_t.shape[0], lr_t.shape[-2], lr_t.shape[-1], scale, tile, overlap,
-                                  ref_t is not None, register, bool(gain) and ref_t is not None, memory_limit)
     if scale != cfg.scale:
         log.info("checkpoint was trained for x%d, running x%d", cfg.scale, scale)
     device = next(model.parameters()).device

@@ -116,12 +116,14 @@ def available_bytes() -> Optional[int]:
 
 
 def check_memory(need: int, available: Optional[int], lr_h: int, lr_w: int, scale: int, batch: int,
-                 per_px: float) -> None:
-    """Refuse when `need` bytes exceed `available`, naming the largest square LR that would fit."""
+                 per_px: float, fixed: int = 0, unit: int = 1) -> None:
+    """Refuse when `need` bytes (= per_px x output pixels + fixed) exceed `available`, naming the largest
+    square LR that would fit (its output rounded up to whole `unit`-px tokens, as super_resolve pads)."""
     if available is None or need <= available:
         return
     gib = 1024 ** 3
-    side = int(math.sqrt(max(0.0, available / max(per_px, 1.0) / max(batch, 1)))) // scale
+    out_side = math.sqrt(max(0.0, (available - fixed) / max(per_px, 1.0) / max(batch, 1)))
+    side = max(0, int(out_side) // unit * unit - unit) // scale
     raise ValueError(
         f"DS-DiT x{scale} of {batch} x {lr_w}x{lr_h} LR (output {scale * lr_w}x{scale * lr_h}) needs about "
         f"{need / gib:.1f} GiB for its whole-image stages (registration, blending), but only "
@@ -141,7 +143,9 @@ def check_request(cfg: DSDiTConfig, batch: int, lr_h: int, lr_w: int, scale: int
     hp, wp = height + -height % cfg.unit, width + -width % cfg.unit
     tile, overlap, _ = plan_tiles(hp, wp, tile, overlap, cfg.unit)
     need = estimate_bytes(cfg, batch, hp, wp, tile, has_ref, register, transfer)
+    fixed = tile_bytes(cfg, batch, min(tile, max(hp, wp)))
     available = available_bytes() if memory_limit is None else int(memory_limit)
-    check_memory(need, available, lr_h, lr_w, scale, batch, need / max(1, batch * hp * wp))
+    check_memory(need, available, lr_h, lr_w, scale, batch, (need - fixed) / max(1, batch * hp * wp), fixed,
+                 cfg.unit)
     return tile, overlap
 
