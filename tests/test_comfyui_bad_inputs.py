@@ -177,6 +177,7 @@ def test_path_outside_model_folders_through_server(server):
         text, _ = _error(server, api)
         assert "outside ComfyUI's dsdit model folders" in text and "SHARP_ALLOW_ANY_PATH=1" in text
         messages.add(text.replace(target, "PATH"))
+    assert len(messages) == 1  # the same answer whether the file exists: no existence oracle
     inside = _api()
     inside["1"]["inputs"]["path"] = os.path.join(server.base, "models", "dsdit", GOOD)
     assert server.run(inside)["status"]["status_str"] == "success"

@@ -8,7 +8,6 @@ ComfyUI IMAGE layout); the result has the same layout and type (numpy in, numpy 
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Callable, Optional
