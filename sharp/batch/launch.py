@@ -69,6 +69,9 @@ class ComfyProcess:
 
     def start(self) -> None:
         env = dict(os.environ)
+        ours = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != ours]
+        env["PYTHONPATH"] = os.pathsep.join(paths)  # this checkout's `nodes` must not shadow ComfyUI's
         if self.cores and not self.gpu:
             env.update(OMP_NUM_THREADS=str(len(self.cores)), MKL_NUM_THREADS=str(len(self.cores)))
         self.log_path = os.path.join(self.work, "server.log")
@@ -76,7 +79,7 @@ class ComfyProcess:
         log.write(f"\n=== start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n")
         log.flush()
         self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=_die_with_parent(self.cores))
+                                     preexec_fn=_die_with_parent(self.cores), start_new_session=True)
         log.close()
 
     def alive(self) -> bool:

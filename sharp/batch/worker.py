@@ -124,7 +124,7 @@ class Worker:
             entry = self.client.history(pid)
             if entry is not None and entry.get("status", {}).get("status_str") in ("success", "error"):
                 return entry
-            if time.time() - last_check > LOST_CHECK_S:
+            if time.time() - last_check > LOST_CHECK_S or pid in self._cancelled_pids():
                 last_check = time.time()
                 q = self.client.queue()
                 ids = {item[1] for item in q.get("queue_running", []) + q.get("queue_pending", [])}
