@@ -163,7 +163,18 @@ class LaunchedWorker(Worker):
         return super().run(job)
 
     def ready(self) -> bool:
-        return self._ready.is_set() and super().ready()
+        """Waits while the supervisor restarts the server (the driver probes a worker that failed)."""
+        return self._ready.wait(self.process.ready_timeout) and super().ready()
+
+    def _fetch(self, entry: dict, prompt: dict) -> list[dict]:
+        """Fetched images leave the server's own output folder (this worker owns it): no second copy."""
+        images = super()._fetch(entry, prompt)
+        for im in images:
+            f = im["server_file"]
+            path = os.path.join(self.process.work, f.get("type", "output"), f.get("subfolder", ""), f["filename"])
+            if os.path.isfile(path):
+                os.remove(path)
+        return images
 
     def server_pid(self) -> int:
         return self.process.proc.pid

@@ -21,8 +21,8 @@ class Progress:
         if inflight is not None:
             self.inflight = inflight
         if self.bar is not None:
+            self.bar.set_postfix_str(self.text(), refresh=False)
             self.bar.update(done + failed)
-            self.bar.set_postfix_str(self.text(), refresh=True)
 
     def images_per_min(self) -> float:
         elapsed = time.time() - self.start
