@@ -136,6 +136,9 @@ def test_dsdit_manifest_two_servers_one_killed(base, tmp_path):
     rc = _wait(proc, out, until=lambda recs: len(_ok(recs)) >= 3)
     assert rc is None, f"finished before a server could be killed:\n{_log(out)}"
     (victim,) = _server_pids(out, "w0")
+    (other,) = _server_pids(out, "w1")
+    if len(os.sched_getaffinity(0)) >= 2:  # each server pinned to its own core
+        assert os.sched_getaffinity(victim) == {0} and os.sched_getaffinity(other) == {1}
     os.kill(victim, signal.SIGKILL)  # a crash, mid-run
     rc = _wait(proc, out)
     recs = _results(out)
