@@ -37,7 +37,8 @@ class Interrupted(Exception):
 
 
 class StandIn:
-    def __init__(self, base: str, delay_s: float = 0.0, fail_next: int = 0, die_after: int | None = None):
+    def __init__(self, base: str, delay_s: float = 0.0, fail_next: int = 0, die_after: int | None = None,
+                 port: int = 0):
         self.base = base
         for sub in ("input", "output", "temp"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
@@ -53,7 +54,7 @@ class StandIn:
         self.counter = 0
         self.interrupt_flag = False
         self.dead = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._threads = [threading.Thread(target=self.httpd.serve_forever, daemon=True),
@@ -279,7 +280,17 @@ class StandIn:
         return Handler
 
 
-def png_bytes(w=8, h=8, value=100) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+def main(argv=None) -> None:
+    """Run as a stand-in for ComfyUI's main.py (the launcher tests): --port P --output-directory
+    DIR/output [--standin-delay S]; input/ and temp/ beside it; other ComfyUI arguments are ignored."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--output-directory", required=True)
+    p.add_argument("--standin-delay", type=float, default=0.0, help="seconds per prompt")
+    args, _ = p.parse_known_args(argv)
+    server = StandIn(os.path.dirname(os.path.abspath(args.output_directory)), port=args.port,
+                     delay_s=args.standin_delay).start()
+    print(f"protocol stand-in on {server.url}, affinity {sorted(os.sched_getaffinity(0))}", flush=True)
+    server._threads[0].join()

@@ -142,3 +142,80 @@ def test_ctrl_c_interrupts_in_flight_prompts_then_resume(tmp_path, servers):
     assert summary["rows_skipped"] == len(done) and summary["rows_ok"] == 8 - len(done)
     assert len(slow.received) - before == 8 - len(done)  # nothing complete was redone
     _check_complete(out, [f"job{i:02d}" for i in range(8)])
+
+
+def test_all_servers_gone_stops_with_rows_left_for_resume(tmp_path, servers):
+    dying = servers(die_after=2, delay_s=0.05)
+    manifest = write_manifest(str(tmp_path), 6)
+    summary = run_batch(_cfg(tmp_path, manifest, [dying.url], retries=5, inflight=1, server_wait=2.0))
+    # the 2nd prompt ran, but its images may not be fetched before the server went: 1 or 2 rows done
+    assert summary["gave_up"] == "no worker answered for 2 s" and summary["rows_ok"] in (1, 2)
+    assert summary["rows_failed"] == 0 and summary["rows_ok"] + summary["not_run"] == 6
+    _check_complete(str(tmp_path / "out"), sorted(r["key"] for r in _results(str(tmp_path / "out")) if r["status"] == "ok"))
+
+
+# --- --launch, with the protocol stand-in as ComfyUI's main.py ----------------------------------------
+
+def _fake_comfyui(folder, main_py: str) -> str:
+    os.makedirs(os.path.join(folder, "comfy"))
+    open(os.path.join(folder, "comfy", "cli_args.py"), "w").write('"--disable-api-nodes"\n')
+    open(os.path.join(folder, "main.py"), "w").write(main_py)
+    return folder
+
+
+def _pids_with(needle: str):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if needle.encode() in open(f"/proc/{p}/cmdline", "rb").read():
+                    out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
+def test_launched_servers_pinned_restarted_and_stopped(tmp_path):
+    import signal
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    comfy = _fake_comfyui(str(tmp_path / "fakecomfy"), f"import sys\nsys.path.insert(0, {tests!r})\n"
+                          "import comfy_protocol_standin\ncomfy_protocol_standin.main()\n")
+    manifest = write_manifest(str(tmp_path), 12)
+    out = str(tmp_path / "out")
+    killed = []
+
+    def on_record(runner, record):
+        if record["status"] == "ok" and not killed:
+            (pid,) = _pids_with(os.path.join(out, "servers", "w0", "output"))
+            if len(os.sched_getaffinity(0)) >= 2:
+                assert os.sched_getaffinity(pid) == {0}
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    cfg = BatchConfig(workflow=write_workflow(str(tmp_path)), manifest=manifest, out=out, launch=2, comfyui=comfy,
+                      comfyui_python=sys.executable, comfyui_args=["--standin-delay", "0.4"], progress=False,
+                      retries=3)
+    summary = run_batch(cfg, hooks={"on_record": on_record})
+    keys = [f"job{i:02d}" for i in range(12)]
+    _check_complete(out, keys)
+    assert collections.Counter(r["key"] for r in _results(out) if r["status"] == "ok") == {k: 1 for k in keys}
+    assert killed and summary["rows_failed"] == 0
+    log = open(os.path.join(out, "servers", "w0", "server.log")).read()
+    assert log.count("=== start") == 2 and "--cpu" in log  # restarted by its actor, on the CPU
+    assert "affinity [1]" in open(os.path.join(out, "servers", "w1", "server.log")).read() or len(os.sched_getaffinity(0)) < 2
+    assert os.listdir(os.path.join(out, "servers", "w1", "output", "sharp_batch")) == []  # fetched copies removed
+    assert not _pids_with(os.path.join(out, "servers"))  # every server stopped
+
+
+def test_a_server_that_cannot_start_is_reported(tmp_path):
+    import sys
+
+    comfy = _fake_comfyui(str(tmp_path / "broken"), "import sys\nprint('no torch here')\nsys.exit(3)\n")
+    cfg = BatchConfig(workflow=write_workflow(str(tmp_path)), manifest=write_manifest(str(tmp_path), 2),
+                      out=str(tmp_path / "out"), launch=1, comfyui=comfy, comfyui_python=sys.executable,
+                      progress=False, object_info=os.path.join(os.path.dirname(__file__), "data",
+                                                               "object_info_comfyui_0.33.0.json"))
+    with pytest.raises(RuntimeError, match="(?s)w0 could not start its ComfyUI server.*exited with 3.*no torch here"):
+        run_batch(cfg)

@@ -124,11 +124,12 @@ class LaunchedWorker(Worker):
     """A Worker whose server it starts itself and restarts when it dies (checked every second)."""
 
     def __init__(self, index: int, comfyui_dir: str, work_root: str, python: str | None = None,
-                 base_dir: str | None = None, cores: list[int] | None = None, gpu: bool = False,
+                 base_dir: str | None = None, cores_per_worker: int = 1, gpu: bool = False,
                  extra_args: list[str] | None = None, ready_timeout: float = 300.0, **worker_kw):
-        if cores is None and not gpu and hasattr(os, "sched_getaffinity"):
+        cores = None
+        if not gpu and hasattr(os, "sched_getaffinity"):  # worker i: cores i*k .. i*k+k-1 of this node
             mine = sorted(os.sched_getaffinity(0))
-            cores = [mine[index % len(mine)]]
+            cores = sorted({mine[(index * cores_per_worker + j) % len(mine)] for j in range(cores_per_worker)})
         self.process = ComfyProcess(comfyui_dir, os.path.join(work_root, f"w{index}"), python, base_dir, cores, gpu,
                                     extra_args, ready_timeout)
         self.process.start()

@@ -20,7 +20,7 @@ import sharp
 from sharp.batch import jobs as jobs_mod
 from sharp.batch.client import ComfyClient
 from sharp.batch.manifest import read_manifest
-from sharp.batch.naming import canonical_hash
+from sharp.batch.naming import canonical_hash, row_key
 from sharp.batch.progress import Progress
 from sharp.batch.results import OutputDir, format_summary, summarize
 from sharp.batch.worker import failure
@@ -86,6 +86,8 @@ class BatchRunner:
             raise ValueError("no workers: give --servers URL ... or --launch N --comfyui DIR")
         if cfg.launch and not cfg.comfyui:
             raise ValueError("--launch needs --comfyui DIR (a ComfyUI checkout)")
+        if cfg.launch and not cfg.address and not os.path.isfile(os.path.join(cfg.comfyui, "main.py")):
+            raise FileNotFoundError(f"--comfyui {cfg.comfyui} is not a ComfyUI checkout (no main.py there)")
         self.cfg, self.hooks = cfg, hooks or {}
         self.workflow = load_workflow(cfg.workflow)
         self.rows = read_manifest(cfg.manifest)
@@ -109,7 +111,11 @@ class BatchRunner:
             with open(self.cfg.object_info, encoding="utf-8") as fh:
                 return json.load(fh)
         if self.cfg.servers:
-            return ComfyClient(self.cfg.servers[0]).object_info()
+            try:
+                return ComfyClient(self.cfg.servers[0]).object_info()
+            except ConnectionError as err:
+                raise RuntimeError(f"cannot read /object_info from the first server to validate the manifest: "
+                                   f"{err} (is it running? or pass a saved one with --object-info FILE)") from None
         return self.ray.get(self.slots[0].actor.object_info.remote())
 
     # --- Ray -------------------------------------------------------------------------------------------
@@ -142,12 +148,16 @@ class BatchRunner:
             res = dict(num_gpus=1, num_cpus=0) if gpu else dict(num_cpus=cfg.cores_per_worker)
             work_root = os.path.join(os.path.abspath(cfg.out), "servers")
             for i in range(cfg.launch):
-                cores = None if gpu else list(range(i * cfg.cores_per_worker, (i + 1) * cfg.cores_per_worker))
-                cores = None if gpu else [c % (os.cpu_count() or 1) for c in cores]
                 actor = ray.remote(LaunchedWorker).options(**res, **common).remote(
-                    i, cfg.comfyui, work_root, cfg.comfyui_python, cfg.comfyui_base, cores, gpu, cfg.comfyui_args, **kw)
+                    i, cfg.comfyui, work_root, cfg.comfyui_python, cfg.comfyui_base, cfg.cores_per_worker, gpu,
+                    cfg.comfyui_args, **kw)
                 self.slots.append(_Slot(actor, f"w{i}"))
-            ray.get([s.actor.describe.remote() for s in self.slots if s.name.startswith("w")])  # raise if one fails
+            for s in self.slots:
+                if s.name.startswith("w"):
+                    try:
+                        ray.get(s.actor.describe.remote())
+                    except ray.exceptions.RayError as err:
+                        raise RuntimeError(f"worker {s.name} could not start its ComfyUI server: {_cause(err)}") from None
 
     def stop(self) -> None:
         if self.ray is None:
@@ -189,7 +199,7 @@ class BatchRunner:
         store = OutputDir(cfg.out)
         t0 = time.time()
         for idx, problems in bad.items():  # --skip-invalid
-            dummy = jobs_mod.Job(f"{idx:05d}", idx, self.rows[idx].values, {})
+            dummy = jobs_mod.Job(row_key(idx, self.rows[idx].values), idx, self.rows[idx].values, {})
             self._record(store.write_failure(dummy, "invalid", "; ".join(problems), 0, self.context))
         todo = []
         for job in jobs:
@@ -202,7 +212,7 @@ class BatchRunner:
         inflight: dict = {}
         bar = Progress(len(todo), cfg.progress)
         last_alive = time.time()
-        self.interrupted = False
+        self.interrupted, self.gave_up = False, None
         try:
             while pending or inflight:
                 now = time.time()
@@ -215,11 +225,11 @@ class BatchRunner:
                         slot.probe = slot.actor.ready.remote()
                 probes = {s.probe: s for s in self.slots if s.probe is not None}
                 bar.update(inflight=len(inflight))
+                if not inflight and time.time() - last_alive > cfg.server_wait:
+                    self.gave_up = f"no worker answered for {cfg.server_wait:.0f} s"
+                    break
                 waiting = list(inflight) + list(probes)
                 if not waiting:
-                    if time.time() - last_alive > cfg.server_wait:
-                        raise RuntimeError(f"no worker answered for {cfg.server_wait:.0f} s; {len(pending)} rows "
-                                           "not run (rerun with --resume)")
                     time.sleep(0.2)
                     continue
                 ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
@@ -257,7 +267,7 @@ class BatchRunner:
         records = store.read_results(self.context["run_id"])
         summary = summarize(records, time.time() - t0)
         summary.update(run_id=self.context["run_id"], not_run=len(pending), interrupted=self.interrupted,
-                       out=os.path.abspath(cfg.out))
+                       gave_up=self.gave_up, out=os.path.abspath(cfg.out))
         with open(os.path.join(cfg.out, "summary.json"), "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1)
         return summary
@@ -306,9 +316,18 @@ class BatchRunner:
             hook(self, record)
 
 
+def _cause(err) -> str:
+    """The original exception of a Ray error (its type, message and what follows), without Ray's
+    traceback around it."""
+    import re
+
+    text = str(err)
+    m = re.search(r"^\s*(\w+(?:Error|Exception): .*)", text, re.M | re.S)
+    return (m.group(1) if m else text.strip().splitlines()[-1])[:2000]
+
+
 def run_batch(cfg: BatchConfig, hooks: dict | None = None) -> dict:
-    runner = BatchRunner(cfg, hooks)
-    summary = runner.run()
-    if "rows_ok" in summary and cfg.progress is not None:
+    summary = BatchRunner(cfg, hooks).run()
+    if "rows_ok" in summary:
         summary["table"] = format_summary(summary)
     return summary

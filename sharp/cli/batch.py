@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                         "prompts (the server's validation) are not retried")
     r.add_argument("--timeout", type=float, default=3600.0, help="seconds one prompt may take (default 3600)")
     r.add_argument("--resume", action="store_true", help="skip rows whose images and sidecar are complete")
+    r.add_argument("--server-wait", type=float, default=300.0,
+                   help="stop (rows left for --resume) when no worker has answered for this many seconds")
     v = p.add_argument_group("validation")
     v.add_argument("--object-info", metavar="JSON", help="validate against this saved /object_info")
     v.add_argument("--validate-only", action="store_true", help="validate every row, queue nothing")
@@ -59,7 +61,7 @@ def config_from_args(args: argparse.Namespace):
                        servers=args.servers, launch=args.launch, comfyui=args.comfyui,
                        comfyui_python=args.comfyui_python, comfyui_base=args.comfyui_base,
                        comfyui_args=args.comfyui_arg, cores_per_worker=args.cores_per_worker, address=args.address,
-                       resume=args.resume, retries=args.retries, inflight=args.inflight, prompt_timeout=args.timeout,
+                       resume=args.resume, server_wait=args.server_wait, retries=args.retries, inflight=args.inflight, prompt_timeout=args.timeout,
                        object_info=args.object_info, validate_only=args.validate_only,
                        skip_invalid=args.skip_invalid, progress=not args.no_progress)
 
@@ -83,4 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         print(f"interrupted: {summary['not_run']} rows not started; rerun with --resume", file=sys.stderr)
         return 130
+    if summary["gave_up"]:
+        print(f"error: {summary['gave_up']}; {summary['not_run']} rows not run: rerun with --resume", file=sys.stderr)
+        return 1
     return 0 if summary["rows_failed"] == 0 else 1
