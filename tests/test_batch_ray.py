@@ -71,12 +71,12 @@ def test_two_servers_one_crashes_one_fails_once(tmp_path, servers):
     summary = run_batch(_cfg(tmp_path, manifest, [crashing.url, flaky.url], retries=2, inflight=2))
     out = str(tmp_path / "out")
     good = [f"job{i:02d}" for i in range(12) if i != 5]
-    _check_complete(out, good)
     recs = _results(out)
+    _check_complete(out, good)
     ok = collections.Counter(r["key"] for r in recs if r["status"] == "ok")
-    assert ok == {k: 1 for k in good}  # every row exactly once
+    assert ok == {k: 1 for k in good}, recs  # every row exactly once
     (failed,) = [r for r in recs if r["status"] == "failed"]
-    assert failed["key"] == "job05" and failed["kind"] == "execution" and failed["attempts"] == 3
+    assert failed["key"] == "job05" and failed["kind"] == "execution" and failed["attempts"] == 3, recs
     assert "MemoryError: stand-in: not enough memory for a 2000x2000 image" in failed["message"]
     assert not os.path.exists(os.path.join(out, "sidecars", "job05.json"))
     assert crashing.dead and len(crashing.executed) == 3

@@ -91,7 +91,7 @@ def _check_workflow(workflow: dict) -> None:
 def _build_one(workflow, row: Row, object_info, sets, bindings, base_dir):
     prompt = copy.deepcopy(workflow)
     problems, uploads = [], []
-    merged = {**{k: v for k, v in row.values.items()}, **sets}  # --set wins over the manifest
+    merged = {**row.values, **sets}  # --set wins over the manifest
     for column, value in merged.items():
         b = bindings.get(column)
         if b is None:
@@ -123,5 +123,4 @@ def _build_one(workflow, row: Row, object_info, sets, bindings, base_dir):
     hashed = copy.deepcopy(prompt)
     for nid, name, path in uploads:
         hashed[nid]["inputs"][name] = "sha256:" + naming.file_sha256(path)
-    row_values = {**row.values, **{k: v for k, v in sets.items()}}
-    return problems, Job(key, row.index, row_values, prompt, uploads, naming.canonical_hash(hashed))
+    return problems, Job(key, row.index, merged, prompt, uploads, naming.canonical_hash(hashed))

@@ -3,6 +3,7 @@ for its history entry, fetch its images. Run as a Ray actor (several calls in fl
 every outcome is returned as a dict (Ray never has to pickle a server's exception)."""
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -102,8 +103,6 @@ class Worker:
                 self._cancelled.discard(key)
 
     def _prepare(self, job: dict) -> dict:
-        import copy
-
         prompt = copy.deepcopy(job["prompt"])
         for nid, name, path in job.get("uploads", []):
             sha = naming.file_sha256(path)

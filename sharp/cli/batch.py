@@ -61,7 +61,8 @@ def config_from_args(args: argparse.Namespace):
                        servers=args.servers, launch=args.launch, comfyui=args.comfyui,
                        comfyui_python=args.comfyui_python, comfyui_base=args.comfyui_base,
                        comfyui_args=args.comfyui_arg, cores_per_worker=args.cores_per_worker, address=args.address,
-                       resume=args.resume, server_wait=args.server_wait, retries=args.retries, inflight=args.inflight, prompt_timeout=args.timeout,
+                       resume=args.resume, server_wait=args.server_wait, retries=args.retries,
+                       inflight=args.inflight, prompt_timeout=args.timeout,
                        object_info=args.object_info, validate_only=args.validate_only,
                        skip_invalid=args.skip_invalid, progress=not args.no_progress)
 
