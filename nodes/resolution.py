@@ -26,6 +26,13 @@ def _flux_sampling_factory(model):
     return make
 
 
+def _deepclone_callbacks() -> tuple[str, ...]:
+    """ComfyUI's callbacks for MultiGPU deep clones (absent before MultiGPU CFG Split)."""
+    callbacks = getattr(comfy.patcher_extension, "CallbacksMP", None)
+    names = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
+    return tuple(getattr(callbacks, n) for n in names if hasattr(callbacks, n))
+
+
 class ResolutionPromotion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -116,5 +123,6 @@ class ResolutionPromotion(io.ComfyNode):
             apply_model_wrapper=comfy.patcher_extension.WrappersMP.APPLY_MODEL,
             outer_sample_wrapper=comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
             make_flux_sampling=_flux_sampling_factory(model),
+            deepclone_callbacks=_deepclone_callbacks(),
         )
         return io.NodeOutput(patched)

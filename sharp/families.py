@@ -37,6 +37,7 @@ class Family:
                                      # (ModelSamplingDiscreteFlow, a fixed shift independent of the size)
     resolution_shift: bool = False   # ComfyUI's size-dependent ModelSamplingFlux node formula (Flux.1's
                                      # base_shift 0.5 / max_shift 1.15) is this family's own
+    rope_options: bool = False  # the family's ids follow ComfyUI's transformer_options["rope_options"] (ScaleROPE)
     head_axis: int = 1        # where the family's embedder puts the singleton head dim: 1 = EmbedND's
                               # [B, 1, L, ...]; 2 = [B, L, 1, ...] (HiDream's own EmbedND, unsqueeze(2))
 
@@ -74,19 +75,19 @@ FAMILIES = (
            "patch 2 on the /8 VAE latent (latent_formats.Flux). Kontext references: index 1 ('offset'), or "
            "index 0 with row/col offsets past the image ('uxo'), so the promotion reads extents from the latent. "
            "supported_models.Flux: ModelSamplingFlux, default shift 1.15. Covers dev, schnell, Krea, Fill, Kontext.",
-           (), latent_px=8, flux_shift=1.15, resolution_shift=True),
+           (), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True),
     Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.14.1",
            "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1, "
            "txt_ids_dims [3] (text positions on axis 3 only; image tokens 0 there), references by 'index' at "
            "10, 20... (ref_index_scale 10). latent_formats.Flux2: 128 channels at /16 (the 2x2 patchify is "
            "in the latent), so 16 px per position as Flux.1. supported_models.Flux2: ModelSamplingFlux, shift 2.02.",
-           (3,), latent_px=16, flux_shift=2.02),
+           (3,), latent_px=16, flux_shift=2.02, rope_options=True),
     Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "latent", 1024, 16,
            "0.14.1",
            "model_detection.py (yak_mlp + txt_norm): the Flux class with txt_ids_dims [1, 2]: text positions "
            "0..n-1 lie on both spatial axes at image index 0, so the extent comes from the latent, not from "
            "max(ids). Flux.1 latent, patch and schedule (supported_models.Flux).",
-           (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True),
+           (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True),
     Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
            "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; img ids (0, row, col) with h_len = "
            "ceil(h / 2), text all 0. supported_models.Chroma: Flux latent, ModelSamplingFlux (default 1.15).",
@@ -95,7 +96,10 @@ FAMILIES = (
            1024, 16, "0.3.64",
            "comfy/ldm/chroma_radiance/model.py: pixel space (the model is called with the [B, 3, H, W] image), "
            "patch 16 px (model_detection reads img_in_patch; 16 in released checkpoints), h_len = padded h // 16; "
-           "embedder and ids as Chroma.",
+           "embedder and ids as Chroma. 0.33 adds use_sequential_txt_ids (checkpoints with a __sequential__ key, "
+           "or ChromaRadianceOptions force_sequential_txt_ids): text token k then sits at (k, 0, 0), i.e. on the "
+           "image-index axis (not promoted) with spatial positions 0; image ids are unchanged, so the spatial "
+           "extents (from the latent, and by the ids rule, which counts index-0 tokens only) are the same.",
            latent_px=1, flux_shift=1.15, resolution_shift=True),
     Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
            "ids", 1328, 16, "0.3.64",
@@ -111,13 +115,13 @@ FAMILIES = (
            "multiple of 32 tokens; the model calls .movedim(1, 2) on the output. Flux latent (/8), patch 2 on the "
            "padded latent. model_detection.py (dim 3840): axes_dims [32,48,48], rope_theta 256. "
            "supported_models.ZImage: ModelSamplingDiscreteFlow, shift 3 (fixed at every size).",
-           latent_px=8),
+           latent_px=8, rope_options=True),
     Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
            "0.3.64",
            "comfy/ldm/lumina/model.py NextDiT as Z-Image (0.3.64: caption and image ids in one call, image axis 0 = "
            "caption length, theta fixed at 10000); model_detection.py (dim 2304): axes_dims [32,32,32], "
            "rope_theta 10000. supported_models.Lumina2: ModelSamplingDiscreteFlow, shift 6.",
-           latent_px=8),
+           latent_px=8, rope_options=True),
     Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), None, "max", "ids", 2048,
            32, "0.3.64",
            "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text (and byT5) ids all 0; "

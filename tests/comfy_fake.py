@@ -129,6 +129,7 @@ class FakeModelPatcher:
         self.model = model
         self.object_patches = {}
         self.wrappers = {}
+        self.callbacks = {}
         self.model_options = {"transformer_options": {}}
         self.parent = None
 
@@ -152,6 +153,12 @@ class FakeModelPatcher:
 
     def remove_wrappers_with_key(self, wrapper_type, key):
         self.wrappers.get(wrapper_type, {}).pop(key, None)
+
+    def add_callback_with_key(self, call_type, key, callback):
+        self.callbacks.setdefault(call_type, {}).setdefault(key, []).append(callback)
+
+    def remove_callbacks_with_key(self, call_type, key):
+        self.callbacks.get(call_type, {}).pop(key, None)
 
     def get_wrappers(self, wrapper_type, key):
         return self.wrappers.get(wrapper_type, {}).get(key, [])

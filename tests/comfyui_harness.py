@@ -160,7 +160,8 @@ TINY_FAMILIES = {
         mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
         patch_size=16, qkv_bias=True, in_dim=64, out_dim=128, hidden_dim=64, n_layers=1, txt_ids_dims=[],
         vec_in_dim=None, nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1, nerf_max_freqs=4, nerf_tile_size=0,
-        nerf_final_head_type="conv", nerf_embedder_dtype=None, use_x0=False), 3, 64, None),
+        nerf_final_head_type="conv", nerf_embedder_dtype=None, use_x0=False, use_sequential_txt_ids=False),
+        3, 64, None),
     "Qwen-Image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
                                      num_layers=1, attention_head_dim=128, num_attention_heads=1,
                                      joint_attention_dim=64, axes_dims_rope=(16, 56, 56)), 16, 64, None),
@@ -247,8 +248,9 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     return {k: v for k, v in unet_config.items() if k in sig}  # e.g. 0.3.64's NextDiT: no rope_theta (fixed 10000)
 
 
-def tiny_family_patcher(name: str, seed: int = 0):
-    """(ModelPatcher around the family's ComfyUI class with small random weights, latent channels)."""
+def tiny_family_patcher(name: str, seed: int = 0, **config):
+    """(ModelPatcher around the family's ComfyUI class with small random weights, latent channels);
+    config: unet_config entries to change (e.g. a flag a newer ComfyUI added)."""
     import torch
 
     comfy = import_comfy()
@@ -258,7 +260,7 @@ def tiny_family_patcher(name: str, seed: int = 0):
     if reason:
         pytest.skip(reason)
     config_name, unet_config, channels, _, _ = TINY_FAMILIES[name]
-    config = getattr(sm, config_name)(_filter_params(name, dict(unet_config)))
+    config = getattr(sm, config_name)(_filter_params(name, dict(unet_config, **config)))
     model = config.get_model({})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
