@@ -198,7 +198,7 @@ def family_patcher(name, txt=5):
     head_axis = 2 if name == "HiDream" else 1  # HiDream's own EmbedND returns [B, L, 1, ...]
     model = cf.family_dit(f.classes[0], f.embedder_attr, f.theta, f.axes_dim,
                           lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims,
-                          head_axis=head_axis)
+                          head_axis=head_axis, params=f.params)
     sampling = cf.ModelSamplingFlux(shift=f.flux_shift) if f.flux_shift else cf.ModelSamplingDiscreteFlow()
     return cf.FakeModelPatcher(cf.FakeBaseModel(model, sampling))
 
