@@ -277,3 +277,28 @@ def test_chroma_radiance_sequential_text_ids(H):
         assert torch.equal(out[..., :8, :, :], want[..., :8, :, :])  # the index axis (where text now sits): stock
         assert torch.equal(out[..., width, :, :], want[..., width, :, :])  # width below the base grid: stock
         assert not torch.equal(out, want)
+
+
+def test_second_pass_time_follows_its_partial_sigma_list(H, flux):
+    """Two-pass hires (upscaled latent resampled at denoise < 1): t = sigma / sigma_max on the partial list the
+    sampler runs, so SHARP's schedule continues where the noise level is (it is not re-anchored at 1)."""
+    import comfy.samplers
+    import torch
+
+    model, ch = flux
+    f = families.family("Flux.1")
+    patched = promote(H, model, f)
+    emb, calls = spy(patched)
+    comfy = H.import_comfy()
+    pos, neg = H.family_conditioning("Flux.1", 1), H.family_conditioning("Flux.1", 2)
+    hw = _hw(ABOVE)
+    latent = torch.randn(1, ch, *hw, generator=torch.Generator().manual_seed(3))  # the "upscaled first pass"
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    comfy.sample.sample(patched, noise, 4, 1.0, "euler", "simple", pos, neg, latent, denoise=0.5,
+                        disable_pbar=True, seed=0)
+    sampling = patched.get_model_object("model_sampling")
+    full = comfy.samplers.calculate_sigmas(sampling, "simple", 8)  # KSampler: steps / denoise, last steps + 1
+    partial = full[-5:]
+    smax = float(sampling.sigma_max)
+    assert [t for *_x, t, _e in calls] == pytest.approx([float(s) / smax for s in partial[:-1]], abs=1e-6)
+    assert calls[0][2] < 0.9  # starts part-way down the schedule
