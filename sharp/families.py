@@ -29,7 +29,7 @@ class Family:
     extent_source: str        # "ids": read from the ids; "latent": set from the latent size each step
     base_resolution: int      # training resolution in px (the base grid)
     px_per_token: int         # image px per RoPE position (VAE downscale x patch size)
-    comfyui: str              # oldest ComfyUI we verified has this family (of the two we test: 0.3.64, 0.14.1)
+    comfyui: str              # oldest ComfyUI we verified has this family (we test 0.3.64, 0.14.1, 0.28.0, 0.33.0)
     source: str               # where the facts come from
     txt_ids_dims: tuple | None = None  # diffusion_model.params.txt_ids_dims that tells Flux-class models apart
     latent_px: int = 8        # image px per px of the x the model is called with (VAE downscale; 1 = pixel space)
