@@ -327,13 +327,13 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
     patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
-    for callback in deepclone_callbacks:
-        patched.remove_callbacks_with_key(callback, PATCH_KEY)
-        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
-                                                                                extents_from_latent))
     patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
         patched.add_object_patch(SAMPLING_PATH, make_flux_sampling(mu))
     if noise_shift == "resolution" and mu is not None:
         patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
+    for callback in deepclone_callbacks:
+        patched.remove_callbacks_with_key(callback, PATCH_KEY)
+        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
+                                                                                extents_from_latent))
     return patched
