@@ -26,6 +26,13 @@ def _flux_sampling_factory(model):
     return make
 
 
+def _deepclone_callbacks() -> tuple[str, ...]:
+    """ComfyUI's callbacks for MultiGPU deep clones (absent before MultiGPU CFG Split)."""
+    callbacks = getattr(comfy.patcher_extension, "CallbacksMP", None)
+    names = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
+    return tuple(getattr(callbacks, n) for n in names if hasattr(callbacks, n))
+
+
 class ResolutionPromotion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -44,7 +51,8 @@ class ResolutionPromotion(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A multi-axis RoPE DiT: Flux.1 (dev/schnell/Krea/Kontext/Fill, RS-FLUX), "
                                                "Flux.2, Ovis-Image, Chroma, Chroma Radiance, Qwen-Image, Z-Image, "
-                                               "Lumina 2 or HunyuanImage 2.1. SD1.5/SDXL/SD3 have no RoPE to promote."),
+                                               "Lumina 2, HunyuanImage 2.1, HiDream, OmniGen2, LongCat-Image, Krea 2, "
+                                               "Lens, Mage-Flow or Boogu. SD1.5/SDXL/SD3 have no RoPE to promote."),
                 io.Combo.Input(
                     "method", options=list(promotion.METHOD_CHOICES), default="sharp",
                     tooltip=(
@@ -56,8 +64,8 @@ class ResolutionPromotion(io.ComfyNode):
                 io.Int.Input(
                     "base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
                     tooltip="Training resolution of the model in pixels; 0 = the detected family's own (Flux.1, "
-                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream, OmniGen2: 1024; Qwen-Image: 1328; "
-                            "HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
+                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream, OmniGen2, LongCat-Image, Krea 2, "
+                            "Mage-Flow, Boogu: 1024; Qwen-Image: 1328; Lens: 1440; HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
                 ),
                 io.Float.Input(
                     "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
@@ -116,5 +124,6 @@ class ResolutionPromotion(io.ComfyNode):
             apply_model_wrapper=comfy.patcher_extension.WrappersMP.APPLY_MODEL,
             outer_sample_wrapper=comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
             make_flux_sampling=_flux_sampling_factory(model),
+            deepclone_callbacks=_deepclone_callbacks(),
         )
         return io.NodeOutput(patched)

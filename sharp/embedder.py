@@ -8,7 +8,7 @@ bit-identical to stock RoPE.
 Speed: the embedding is separable per axis, so trigonometry runs on the distinct positions of each
 axis (h + w values for an image, not h * w tokens) and the token table is a gather. Outputs are
 cached per ids until the time changes, so the cond and uncond calls of one step (and any repeated
-call) cost one comparison of the ids.
+call) cost one comparison of the ids and a copy (each call gets its own tensor, as from EmbedND).
 """
 from __future__ import annotations
 
@@ -144,10 +144,10 @@ class RoPEEmbedder(nn.Module):
         self._check_ids(ids)
         for cached_ids, out in self._cache:
             if cached_ids.shape == ids.shape and cached_ids.device == ids.device and torch.equal(cached_ids, ids):
-                return out
+                return out.clone()  # a fresh tensor per call, as EmbedND's: a patch may rewrite pe in place
         out = self._embed(ids)
         self._cache = [(ids.detach().clone(), out)] + self._cache[: _CACHE_SIZE - 1]
-        return out
+        return out.clone()
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         pos = ids.detach().to(torch.float32)  # as ComfyUI's rope: positions rounded to float32 first

@@ -29,7 +29,7 @@ class Family:
     extent_source: str        # "ids": read from the ids; "latent": set from the latent size each step
     base_resolution: int      # training resolution in px (the base grid)
     px_per_token: int         # image px per RoPE position (VAE downscale x patch size)
-    comfyui: str              # oldest ComfyUI we verified has this family (of the two we test: 0.3.64, 0.14.1)
+    comfyui: str              # oldest ComfyUI we verified has this family (we test 0.3.64, 0.14.1, 0.28.0, 0.33.0)
     source: str               # where the facts come from
     txt_ids_dims: tuple | None = None  # diffusion_model.params.txt_ids_dims that tells Flux-class models apart
     latent_px: int = 8        # image px per px of the x the model is called with (VAE downscale; 1 = pixel space)
@@ -37,6 +37,8 @@ class Family:
                                      # (ModelSamplingDiscreteFlow, a fixed shift independent of the size)
     resolution_shift: bool = False   # ComfyUI's size-dependent ModelSamplingFlux node formula (Flux.1's
                                      # base_shift 0.5 / max_shift 1.15) is this family's own
+    rope_options: bool = False  # the family's ids follow ComfyUI's transformer_options["rope_options"] (ScaleROPE)
+    params: tuple = ()        # ((name, value), ...) that diffusion_model.params must have (tells Flux-class rows apart)
     head_axis: int = 1        # where the family's embedder puts the singleton head dim: 1 = EmbedND's
                               # [B, 1, L, ...]; 2 = [B, L, 1, ...] (HiDream's own EmbedND, unsqueeze(2))
 
@@ -74,19 +76,20 @@ FAMILIES = (
            "patch 2 on the /8 VAE latent (latent_formats.Flux). Kontext references: index 1 ('offset'), or "
            "index 0 with row/col offsets past the image ('uxo'), so the promotion reads extents from the latent. "
            "supported_models.Flux: ModelSamplingFlux, default shift 1.15. Covers dev, schnell, Krea, Fill, Kontext.",
-           (), latent_px=8, flux_shift=1.15, resolution_shift=True),
+           (), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True),
     Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.14.1",
            "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1, "
            "txt_ids_dims [3] (text positions on axis 3 only; image tokens 0 there), references by 'index' at "
            "10, 20... (ref_index_scale 10). latent_formats.Flux2: 128 channels at /16 (the 2x2 patchify is "
            "in the latent), so 16 px per position as Flux.1. supported_models.Flux2: ModelSamplingFlux, shift 2.02.",
-           (3,), latent_px=16, flux_shift=2.02),
+           (3,), latent_px=16, flux_shift=2.02, rope_options=True),
     Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "latent", 1024, 16,
            "0.14.1",
            "model_detection.py (yak_mlp + txt_norm): the Flux class with txt_ids_dims [1, 2]: text positions "
            "0..n-1 lie on both spatial axes at image index 0, so the extent comes from the latent, not from "
            "max(ids). Flux.1 latent, patch and schedule (supported_models.Flux).",
-           (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True),
+           (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True,
+           params=(("yak_mlp", True), ("txt_norm", True))),
     Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
            "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; img ids (0, row, col) with h_len = "
            "ceil(h / 2), text all 0. supported_models.Chroma: Flux latent, ModelSamplingFlux (default 1.15).",
@@ -95,7 +98,10 @@ FAMILIES = (
            1024, 16, "0.3.64",
            "comfy/ldm/chroma_radiance/model.py: pixel space (the model is called with the [B, 3, H, W] image), "
            "patch 16 px (model_detection reads img_in_patch; 16 in released checkpoints), h_len = padded h // 16; "
-           "embedder and ids as Chroma.",
+           "embedder and ids as Chroma. 0.33 adds use_sequential_txt_ids (checkpoints with a __sequential__ key, "
+           "or ChromaRadianceOptions force_sequential_txt_ids): text token k then sits at (k, 0, 0), i.e. on the "
+           "image-index axis (not promoted) with spatial positions 0; image ids are unchanged, so the spatial "
+           "extents (from the latent, and by the ids rule, which counts index-0 tokens only) are the same.",
            latent_px=1, flux_shift=1.15, resolution_shift=True),
     Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
            "ids", 1328, 16, "0.3.64",
@@ -111,13 +117,13 @@ FAMILIES = (
            "multiple of 32 tokens; the model calls .movedim(1, 2) on the output. Flux latent (/8), patch 2 on the "
            "padded latent. model_detection.py (dim 3840): axes_dims [32,48,48], rope_theta 256. "
            "supported_models.ZImage: ModelSamplingDiscreteFlow, shift 3 (fixed at every size).",
-           latent_px=8),
+           latent_px=8, rope_options=True),
     Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
            "0.3.64",
            "comfy/ldm/lumina/model.py NextDiT as Z-Image (0.3.64: caption and image ids in one call, image axis 0 = "
            "caption length, theta fixed at 10000); model_detection.py (dim 2304): axes_dims [32,32,32], "
            "rope_theta 10000. supported_models.Lumina2: ModelSamplingDiscreteFlow, shift 6.",
-           latent_px=8),
+           latent_px=8, rope_options=True),
     Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), None, "max", "ids", 2048,
            32, "0.3.64",
            "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text (and byT5) ids all 0; "
@@ -151,6 +157,51 @@ FAMILIES = (
            "latent_formats.Flux (/8), sampling shift 2.6 with ModelType.FLOW (ModelSamplingDiscreteFlow, "
            "fixed). Base 1024 px: OmniGen2's default generation size (not stated in ComfyUI's source).",
            latent_px=8),
+    # --- families added after 0.14.1 (read from ComfyUI 0.33.0; the oldest version each was tested on is its
+    # `comfyui`) ---
+    Family("LongCat-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
+           "0.28.0",
+           "model_detection.py (context_in_dim 3584, vec_in_dim None): the Flux class with txt_ids_dims [1, 2] (text "
+           "k at (0, k, k)); model_base.LongCatImage._apply_model sets rope_options shift_t 1 and shift_y = shift_x = "
+           "the text length, so the generated image sits at index 1, rows/cols from the text length on (its ids say "
+           "nothing about the extent: from the latent). supported_models.LongCatImage: Flux latent (/8), patch 2, "
+           "ModelSamplingFlux with the default shift 1.15 (no sampling_settings). Base 1024 px: LongCat-Image's "
+           "default size (not stated in ComfyUI's source).",
+           (1, 2), latent_px=8, flux_shift=1.15, rope_options=True,
+           params=(("context_in_dim", 3584), ("vec_in_dim", None))),
+    Family("Krea 2", ("SingleStreamDiT",), "pe_embedder", (32, 48, 48), 1000.0, (1, 2), 0, "max", "ids", 1024, 16,
+           "0.28.0",
+           "comfy/ldm/krea2/model.py SingleStreamDiT: pe_embedder = comfy.ldm.flux.layers.EmbedND(theta=int(1e3), "
+           "axes [hd - 12 (hd // 16), 6 (hd // 16), 6 (hd // 16)] = [32, 48, 48] for head dim 128 "
+           "(model_detection.py: head_dim 128); process_img: ids (index, row, col) from 0 on the patch-2 padded "
+           "latent, references at index 1, 2...; text ids all 0, before the image; rope_options not applied. "
+           "supported_models.Krea2: latent_formats.Wan21 (/8; x may be [B, C, T, H, W]), ModelType.FLUX with shift "
+           "1.15 (ModelSamplingFlux). Base 1024 px (not stated in ComfyUI's source).",
+           latent_px=8, flux_shift=1.15),
+    Family("Lens", ("LensTransformer2DModel",), "pos_embed", (8, 28, 28), 10000.0, (1, 2), 0, "span", "ids", 1440, 16,
+           "0.28.0",
+           "comfy/ldm/lens/model.py: pos_embed = EmbedND(theta 10000, axes_dims_rope (8, 28, 28)), head dim 64; "
+           "_lens_position_ids: image (0, row, col) centred ([-(n - n // 2), n // 2)), then text k at "
+           "(s + k, s + k, s + k) with s = max(h // 2, w // 2) (index != 0); x [B, 128, h, w] is the Flux2 latent "
+           "(/16), one token per latent px. supported_models.Lens: ModelType.FLUX (ModelSamplingFlux) with shift "
+           "1.829, 'Default mu for 1440x1440': base 1440 px = 90 positions.",
+           latent_px=16, flux_shift=1.829),
+    Family("MageFlow", ("MageFlowTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
+           "ids", 1024, 16, "0.33.0",
+           "comfy/ldm/mage_flow/model.py: pe_embedder = EmbedND(theta 10000, axes_dims_rope (16, 56, 56)); "
+           "process_img: patch 1 on the Flux2 latent (/16), ids (index, row, col) centred as [-ceil(n/2), "
+           "floor(n/2)), references at index 1, 2...; text ids all 0 (inside the image's span). "
+           "model_base.MageFlow: ModelType.FLOW (ModelSamplingDiscreteFlow, shift 6, fixed). Absent in 0.28.0. "
+           "Base 1024 px (not stated in ComfyUI's source).",
+           latent_px=16),
+    Family("Boogu", ("BooguTransformer2DModel",), "rope_embedder.rope_embedder", (40, 40, 40), 10000.0, (1, 2), None,
+           "max", "latent", 1024, 16, "0.28.0",
+           "comfy/ldm/boogu/model.py: rope_embedder = comfy.ldm.omnigen.omnigen2.OmniGen2RotaryPosEmbed(theta 10000, "
+           "axes_dim_rope (40, 40, 40)), called as in OmniGen2 (caption at (k, k, k), references and the generated "
+           "image each from row/col 0), so the inner EmbedND is replaced and extents come from the latent. "
+           "supported_models.Boogu(Omnigen2): Flux latent (/8), patch 2, ModelType.FLOW shift 3.16 (fixed). Base "
+           "1024 px (not stated in ComfyUI's source).",
+           latent_px=8),
 )
 
 NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "
@@ -159,6 +210,30 @@ NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or s
 
 class UnsupportedModelError(ValueError):
     """No family row matches the model."""
+
+
+# Image models with multi-axis RoPE that SHARP cannot patch correctly (read from ComfyUI 0.33.0): class name ->
+# (model, why). Detection refuses them by name instead of guessing from constants.
+NOT_PATCHABLE = {
+    "ErnieImageModel": ("ErnieImage",
+                        "its pos_embed (ErnieImageEmbedND3) turns frequencies arange(0, d, 2) / d (not EmbedND's "
+                        "linspace; they differ in the last bits on its 48-dim axes) into split-half rotation blocks "
+                        "for comfy-kitchen's rms_rope_split_half; SHARP's embedder returns EmbedND's interleaved "
+                        "layout, so replacing it would rotate the wrong channel pairs"),
+    "Ideogram4Transformer2DModel": ("Ideogram 4",
+                                    "its interleaved mRoPE (Qwen-VL style, theta 5e6, sections (24, 20, 20)) is "
+                                    "computed inline in forward from position ids; there is no embedder to replace"),
+    "HiDreamO1Transformer": ("HiDream-O1",
+                             "its interleaved mRoPE (Qwen-VL style) is computed from LLM position ids inside the "
+                             "model; there is no per-axis embedder to replace"),
+    "JoyImageTransformer3DModel": ("JoyImage",
+                                   "its 3-D RoPE (theta 256, float32 frequencies) is computed inline in a model "
+                                   "method; there is no embedder module to replace"),
+    "PixDiT_T2I": ("PixelDiT", "its 2-D RoPE is built inline (precompute_freqs_cis_2d) and it has its own NTK-aware "
+                               "resolution mode (rope_mode 'ntk_aware'): use that"),
+    "PidNet": ("PixelDiT", "its 2-D RoPE is built inline (precompute_freqs_cis_2d) and it has its own NTK-aware "
+                           "resolution mode (rope_mode 'ntk_aware'): use that"),
+}
 
 
 def family(name: str) -> Family:
@@ -200,12 +275,22 @@ def find_embedder(diffusion_model, get_embedder=None) -> tuple[str, object]:
     return "", None
 
 
+def _params_match(diffusion_model, family: Family) -> bool:
+    params = getattr(diffusion_model, "params", None)
+    return all(getattr(params, name, object()) == value for name, value in family.params)
+
+
 def detect_family(diffusion_model, override: str | None = None, get_embedder=None) -> Family:
     """The family row of a loaded ComfyUI diffusion_model, from its class, embedder attribute and the
     embedder's theta / axes_dim. `override` (a family name) skips detection but is still checked
     against the embedder's attribute and number of axes. get_embedder: see `find_embedder`."""
     diffusion_model = getattr(diffusion_model, "_orig_mod", diffusion_model)  # torch.compile'd (TorchCompileModel)
     cls = type(diffusion_model).__name__
+    for name in [c.__name__ for c in type(diffusion_model).__mro__]:
+        if name in NOT_PATCHABLE:
+            model, why = NOT_PATCHABLE[name]
+            raise UnsupportedModelError(f"{model} ({name}) is not supported: {why}. Supported: "
+                                        f"{supported_families_text()}.")
     attr, emb = find_embedder(diffusion_model, get_embedder)
     if emb is None:
         raise UnsupportedModelError(
@@ -231,11 +316,12 @@ def detect_family(diffusion_model, override: str | None = None, get_embedder=Non
     for name in [c.__name__ for c in type(diffusion_model).__mro__]:
         for family in FAMILIES:
             if (name in family.classes and attr == family.embedder_attr and axes == family.axes_dim
-                    and theta == family.theta and family.txt_ids_dims in (None, txt_dims)):
+                    and theta == family.theta and family.txt_ids_dims in (None, txt_dims)
+                    and _params_match(diffusion_model, family)):
                 return family
     # Same constants under an unknown class (a subclass or fork): match on the embedder alone.
     by_constants = [f for f in FAMILIES if attr == f.embedder_attr and axes == f.axes_dim and theta == f.theta
-                    and f.txt_ids_dims in (None, txt_dims)]
+                    and f.txt_ids_dims in (None, txt_dims) and _params_match(diffusion_model, f)]
     if len(by_constants) == 1:
         return by_constants[0]
     raise UnsupportedModelError(

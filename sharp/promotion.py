@@ -166,13 +166,38 @@ def latent_size_px(latent_image, latent_shapes=None, latent_px: int = LATENT_PX)
     return int(shape[-1]) * latent_px, int(shape[-2]) * latent_px
 
 
+def rope_options_extents(extents: dict[int, float], spatial_axes: tuple, rope_options: dict | None) -> dict[int, float]:
+    """Extents in the positions the model really uses under ComfyUI's `rope_options` (the ScaleROPE node):
+    n tokens along an axis sit at shift + k * scale, so they span (n - 1) * scale + 1 positions (height:
+    scale_y, width: scale_x). None or {}: the extents as given."""
+    if not rope_options:
+        return extents
+    keys = dict(zip(spatial_axes, ("scale_y", "scale_x")))
+    out = {}
+    for axis, L in extents.items():
+        scale = float(rope_options.get(keys.get(axis, ""), 1.0))
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"rope_options {keys[axis]} must be a positive number, got {scale!r}")
+        out[axis] = (L - 1.0) * scale + 1.0
+    return out
+
+
 class StepTime:
     """APPLY_MODEL wrapper: before each model call, set the embedder's time from sigma and its extents
     from the latent x ([B, C, (T,) H, W]).
 
+    t comes from the sigma the sampler passes to apply_model (the generated image's noise level), not from
+    the timestep the diffusion model builds from it: Flux's `ref_latents_method="index_timestep_zero"` runs
+    with cat([timestep, 0 * timestep]) inside the model, which never reaches this wrapper.
+
     It acts on the embedder the model is running with (the object patch of the clone being sampled,
     at `diffusion_model.<family.embedder_attr>`), and on its own embedder when the model has none it
-    recognises. extents_from_latent=False leaves the extents to the ids rule (library default).
+    recognises. extents_from_latent=False leaves the extents to the ids rule (library default). Where the
+    family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are those of the scaled
+    positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the same axis unseen.
+
+    Deep copies (ComfyUI's MultiGPU clones, `DeepcloneOwnEmbedder`) own a copy of the embedder: no time or
+    extent is shared between models that run concurrently.
     """
 
     def __init__(self, embedder, family: families.Family | None = None, extents_from_latent: bool = True):
@@ -190,11 +215,38 @@ class StepTime:
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
         target.set_time(time)
         if self.extents_from_latent:
-            target.set_extents(self.family.extents_from_x(x))
+            extents = self.family.extents_from_x(x)
+            if self.family.rope_options:
+                options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
+                extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
+            target.set_extents(extents)
         return executor(x, t, *args, **kwargs)
 
-    def __deepcopy__(self, memo):  # model_options get deep-copied; the embedder must stay shared
-        return self
+
+class DeepcloneOwnEmbedder:
+    """ComfyUI callback (ON_DEEPCLONE_MULTIGPU, ON_MATCH_MULTIGPU_CLONES): `callback(source, clone)`.
+
+    MultiGPU CFG Split deep-clones the promoted patcher onto each device; ComfyUI's clone copies the
+    object-patch dict, so every device would otherwise run the same embedder (time, extents and output
+    cache) from its own thread. The clone gets a copy of the embedder in its object patch and a new
+    StepTime wrapper bound to it."""
+
+    def __init__(self, family: families.Family, apply_model_wrapper: str, extents_from_latent: bool = True):
+        self.family = family
+        self.apply_model_wrapper = apply_model_wrapper
+        self.extents_from_latent = extents_from_latent
+
+    def __call__(self, source, clone):
+        import copy
+
+        path = embedder_path(self.family)
+        current = clone.object_patches.get(path)
+        if not isinstance(current, sharp.RoPEEmbedder):  # another pack replaced ours: leave it alone
+            return
+        own = copy.deepcopy(current)
+        clone.add_object_patch(path, own)
+        clone.remove_wrappers_with_key(self.apply_model_wrapper, PATCH_KEY)
+        clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family, self.extents_from_latent))
 
 
 class ResolutionShift:
@@ -255,13 +307,15 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
             beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
             noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
-            make_flux_sampling: Callable[[float], object] | None = None):
+            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = ()):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
     family: "auto" (detect) or a family name (`FAMILY_CHOICES`). base_resolution: px, 0 = the family's.
     apply_model_wrapper / outer_sample_wrapper: ComfyUI's WrappersMP.APPLY_MODEL / OUTER_SAMPLE names.
     make_flux_sampling(mu): a new Flux noise-schedule object with shift mu (needed when noise_shift
-    changes a ModelSamplingFlux schedule).
+    changes a ModelSamplingFlux schedule). deepclone_callbacks: ComfyUI's CallbacksMP names called when the
+    patcher is deep-cloned onto another device (ON_DEEPCLONE_MULTIGPU, ON_MATCH_MULTIGPU_CLONES; empty
+    where this ComfyUI has none): each clone then owns its embedder (`DeepcloneOwnEmbedder`).
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
     fam = detect(model, family)
@@ -290,4 +344,8 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
         patched.add_object_patch(SAMPLING_PATH, make_flux_sampling(mu))
     if noise_shift == "resolution" and mu is not None:
         patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
+    for callback in deepclone_callbacks:
+        patched.remove_callbacks_with_key(callback, PATCH_KEY)
+        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
+                                                                                extents_from_latent))
     return patched

@@ -333,6 +333,7 @@ CORE_OBJECT_INFO = {
                        ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
                        ("denoise", "FLOAT")], ["LATENT"]),
     "VAEDecode": _core([("samples", "LATENT"), ("vae", "VAE")], ["IMAGE"]),
+    # SaveImage / PreviewImage / PreviewAny: outputs as before 0.33, which adds one each (workflow_check.LATER_OUTPUTS)
     "SaveImage": _core([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
     "PreviewImage": _core([("images", "IMAGE")], []),
     "ImageBatch": _core([("image1", "IMAGE"), ("image2", "IMAGE")], ["IMAGE"]),

@@ -129,6 +129,7 @@ class FakeModelPatcher:
         self.model = model
         self.object_patches = {}
         self.wrappers = {}
+        self.callbacks = {}
         self.model_options = {"transformer_options": {}}
         self.parent = None
 
@@ -152,6 +153,12 @@ class FakeModelPatcher:
 
     def remove_wrappers_with_key(self, wrapper_type, key):
         self.wrappers.get(wrapper_type, {}).pop(key, None)
+
+    def add_callback_with_key(self, call_type, key, callback):
+        self.callbacks.setdefault(call_type, {}).setdefault(key, []).append(callback)
+
+    def remove_callbacks_with_key(self, call_type, key):
+        self.callbacks.get(call_type, {}).pop(key, None)
 
     def get_wrappers(self, wrapper_type, key):
         return self.wrappers.get(wrapper_type, {}).get(key, [])
@@ -200,7 +207,7 @@ class FamilyDiT(torch.nn.Module):
     (`pe_embedder` / `rope_embedder`), builds ids from x with `ids_fn(h_tokens, w_tokens)` and returns the
     embedder output. `family_dit` names the class like ComfyUI's (detection reads the class name)."""
 
-    def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None, head_axis=1):
+    def __init__(self, attr, theta, axes_dim, ids_fn, per_token, txt_ids_dims=None, head_axis=1, params=()):
         super().__init__()
         self.ids_fn, self.per_token = ids_fn, per_token
         head, _, inner = attr.partition(".")
@@ -208,8 +215,9 @@ class FamilyDiT(torch.nn.Module):
         emb = FakeEmbedND(theta, axes_dim, head_axis)
         # a dotted attr (OmniGen2's "rope_embedder.rope_embedder"): a wrapper holding the EmbedND
         setattr(self, head, FakeRotaryPosEmbed(theta, axes_dim, inner, emb) if inner else emb)
-        if txt_ids_dims is not None:
-            self.params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})()
+        fields = dict(params, **({"txt_ids_dims": list(txt_ids_dims)} if txt_ids_dims is not None else {}))
+        if fields:  # diffusion_model.params (Flux-class rows are told apart by these)
+            self.params = type("Params", (), fields)()
 
     def forward(self, x, timestep, **kwargs):
         h, w = -(-x.shape[-2] // self.per_token), -(-x.shape[-1] // self.per_token)  # padded patchify

@@ -160,7 +160,8 @@ TINY_FAMILIES = {
         mlp_ratio=4.0, num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
         patch_size=16, qkv_bias=True, in_dim=64, out_dim=128, hidden_dim=64, n_layers=1, txt_ids_dims=[],
         vec_in_dim=None, nerf_hidden_size=16, nerf_mlp_ratio=2, nerf_depth=1, nerf_max_freqs=4, nerf_tile_size=0,
-        nerf_final_head_type="conv", nerf_embedder_dtype=None, use_x0=False), 3, 64, None),
+        nerf_final_head_type="conv", nerf_embedder_dtype=None, use_x0=False, use_sequential_txt_ids=False),
+        3, 64, None),
     "Qwen-Image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
                                      num_layers=1, attention_head_dim=128, num_attention_heads=1,
                                      joint_attention_dim=64, axes_dims_rope=(16, 56, 56)), 16, 64, None),
@@ -192,6 +193,23 @@ TINY_FAMILIES = {
                                   num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
                                   axes_dim_rope=[40, 40, 40], axes_lens=[300, 512, 512], text_feat_dim=64,
                                   timestep_scale=1000.0), 16, 64, None),
+    # --- families added after 0.14.1 (skipped where this ComfyUI lacks them) ---
+    "LongCat-Image": ("LongCatImage", dict(_FLUX_COMMON, image_model="flux", vec_in_dim=None, guidance_embed=False,
+                                           context_in_dim=3584, txt_ids_dims=[1, 2]), 16, 3584, None),
+    # Krea 2: head dim 128 -> axes [32, 48, 48]; the text input is txtlayers x txtdim features per token
+    "Krea 2": ("Krea2", dict(image_model="krea2", features=128, heads=1, kvheads=1, multiplier=2, layers=1, patch=2,
+                             channels=16, txtlayers=2, txtdim=64, txtheads=1, txtkvheads=1, theta=1e3), 16, 128, None),
+    "Lens": ("Lens", dict(image_model="lens", patch_size=2, in_channels=128, out_channels=32, num_layers=1,
+                          attention_head_dim=64, num_attention_heads=1, enc_hidden_dim=64,
+                          multi_layer_encoder_feature=False, axes_dims_rope=(8, 28, 28)), 128, 64, None),
+    "MageFlow": ("MageFlow", dict(image_model="mage_flow", in_channels=128, out_channels=128, num_layers=1,
+                                  attention_head_dim=128, num_attention_heads=1, joint_attention_dim=64,
+                                  axes_dims_rope=(16, 56, 56)), 128, 64, None),
+    "Boogu": ("Boogu", dict(image_model="boogu", patch_size=2, in_channels=16, out_channels=None, hidden_size=120,
+                            num_layers=1, num_double_stream_layers=1, num_refiner_layers=1, num_attention_heads=1,
+                            num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+                            axes_dim_rope=[40, 40, 40], axes_lens=[300, 512, 512], instruction_feat_dim=64,
+                            timestep_scale=1000.0), 16, 64, None),
 }
 HIDREAM_LLAMA_LAYERS = 2  # layers of the (fake) Llama hidden states in conditioning_llama3
 
@@ -222,7 +240,8 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     import comfy.ldm.flux.model
     import comfy.ldm.hunyuan_video.model
 
-    params = {"Flux.1": comfy.ldm.flux.model.FluxParams, "Chroma": comfy.ldm.chroma.model.ChromaParams,
+    params = {"Flux.1": comfy.ldm.flux.model.FluxParams, "LongCat-Image": comfy.ldm.flux.model.FluxParams,
+              "Chroma": comfy.ldm.chroma.model.ChromaParams,
               "HunyuanImage 2.1": comfy.ldm.hunyuan_video.model.HunyuanVideoParams}.get(name)
     if name == "Chroma Radiance":
         import comfy.ldm.chroma_radiance.model
@@ -238,6 +257,8 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     import comfy.ldm.omnigen.omnigen2
     import comfy.ldm.qwen_image.model
 
+    if name in ("Krea 2", "Lens", "MageFlow", "Boogu"):  # configs written from 0.33's signatures, no extra keys
+        return unet_config
     cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
            "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel,
            "OmniGen2": comfy.ldm.omnigen.omnigen2.OmniGen2Transformer2DModel}.get(name, comfy.ldm.lumina.model.NextDiT)
@@ -247,8 +268,9 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     return {k: v for k, v in unet_config.items() if k in sig}  # e.g. 0.3.64's NextDiT: no rope_theta (fixed 10000)
 
 
-def tiny_family_patcher(name: str, seed: int = 0):
-    """(ModelPatcher around the family's ComfyUI class with small random weights, latent channels)."""
+def tiny_family_patcher(name: str, seed: int = 0, **config):
+    """(ModelPatcher around the family's ComfyUI class with small random weights, latent channels);
+    config: unet_config entries to change (e.g. a flag a newer ComfyUI added)."""
     import torch
 
     comfy = import_comfy()
@@ -258,7 +280,7 @@ def tiny_family_patcher(name: str, seed: int = 0):
     if reason:
         pytest.skip(reason)
     config_name, unet_config, channels, _, _ = TINY_FAMILIES[name]
-    config = getattr(sm, config_name)(_filter_params(name, dict(unet_config)))
+    config = getattr(sm, config_name)(_filter_params(name, dict(unet_config, **config)))
     model = config.get_model({})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -278,9 +300,9 @@ def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
     g = torch.Generator().manual_seed(seed)
     # every Flux-class model_base reads pooled_output (unused without vector_in)
     extra = {"guidance": 3.5, "pooled_output": torch.randn(1, pooled or 32, generator=g)}
-    if name in ("Lumina 2", "Z-Image", "OmniGen2"):  # the text encoder output carries a mask (-> num_tokens)
+    if name in ("Lumina 2", "Z-Image", "OmniGen2", "Boogu"):  # the text encoder output carries a mask (-> num_tokens)
         mask = torch.ones(1, tokens, dtype=torch.long)  # as the tokenizer gives it
-        if name != "OmniGen2":  # OmniGen2's ids take num_tokens caption positions but all context tokens: the
+        if name not in ("OmniGen2", "Boogu"):  # OmniGen2's ids take num_tokens caption positions but all context tokens: the
             mask[:, -2:] = 0      # stock model itself fails on a padded caption, so its mask is all ones
         extra["attention_mask"] = mask
     if name == "HiDream":  # model_base.HiDream.extra_conds: conditioning_llama3 -> encoder_hidden_states_llama3

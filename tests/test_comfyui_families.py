@@ -114,7 +114,8 @@ def test_sharp_changes_only_spatial_axes_above_the_base_grid(H, built, name):
     changed = 0
     for ids, out, _t in calls:
         want = stock(ids)
-        assert out.shape == want.shape and out.dtype == want.dtype
+        # what the model's attention (ComfyUI >= 0.28: comfy-kitchen's fused apply_rope / rms_rope) consumes
+        assert out.shape == want.shape and out.dtype == want.dtype and out.stride() == want.stride()
         for axis in range(len(f.axes_dim)):
             if axis != height:  # width (below the base grid) and every non-spatial axis: stock, bit for bit
                 assert torch.equal(out[..., channels(f, axis), :, :], want[..., channels(f, axis), :, :]), axis
@@ -273,7 +274,7 @@ def test_family_core_definitions_match_server(H, family_server):
             continue
         key = lambda i: [(n, typ, w, bool(o.get("control_after_generate")), r) for n, typ, w, o, r in W.ordered_inputs(i)]
         assert key(info) == key(real), t
-        assert info["output"] == real["output"], t
+        assert info["output"] == W.outputs_without_later(t, real["output"]), t
     if H.version_tuple() >= (0, 14, 1):
         assert missing == []
     else:  # only the newer families' latent node may be absent
@@ -301,3 +302,41 @@ def test_family_workflow_validates_against_object_info(H, family_server, path):
         for e in err["errors"]:
             assert e["type"] == "value_not_in_list" and e["extra_info"]["input_name"] in {
                 k.split(".")[1] for k in MODEL_FILE_INPUTS}, errors
+
+
+# --- models SHARP refuses by name (sharp.families.NOT_PATCHABLE) -------------------------------------
+
+UNPATCHABLE_MODULES = {"ErnieImageModel": "ernie.model", "Ideogram4Transformer2DModel": "ideogram4.model",
+                       "HiDreamO1Transformer": "hidream_o1.model", "JoyImageTransformer3DModel": "joyimage.model",
+                       "PixDiT_T2I": "pixeldit.model", "PidNet": "pixeldit.pid"}
+
+
+@pytest.mark.parametrize("cls", sorted(UNPATCHABLE_MODULES))
+def test_refused_models_are_comfyuis_own_classes(H, cls):
+    import importlib
+
+    assert set(UNPATCHABLE_MODULES) == set(families.NOT_PATCHABLE)
+    try:
+        module = importlib.import_module(f"comfy.ldm.{UNPATCHABLE_MODULES[cls]}")
+    except ImportError:
+        pytest.skip(f"ComfyUI {H.comfy_version()} has no comfy.ldm.{UNPATCHABLE_MODULES[cls]}")
+    assert isinstance(getattr(module, cls, None), type), cls  # the refusal is keyed on the real class name
+
+
+def test_ernie_image_is_refused_through_the_node(H):
+    """ErnieImage has a pos_embed with theta / axes_dim like an EmbedND, but split-half blocks: the node refuses it."""
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    import torch
+
+    if not hasattr(sm, "ErnieImage"):
+        pytest.skip(f"ComfyUI {H.comfy_version()} has no ErnieImage")
+    config = dict(image_model="ernie", hidden_size=128, num_attention_heads=1, num_layers=1, ffn_hidden_size=256,
+                  in_channels=128, out_channels=128, patch_size=1, text_in_dim=64)
+    model = sm.ErnieImage(config).get_model({})
+    emb = model.diffusion_model.pos_embed
+    assert (emb.theta, tuple(emb.axes_dim)) == (256, (32, 48, 48))
+    cpu = torch.device("cpu")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    with pytest.raises(families.UnsupportedModelError, match="ErnieImage \\(ErnieImageModel\\) is not supported: .*split-half"):
+        promote(H, patcher, families.family("Z-Image"))

@@ -231,7 +231,7 @@ def test_fake_core_definitions_match_server(server):
         ours = [(n, typ, w, bool(o.get("control_after_generate")), r) for n, typ, w, o, r in W.ordered_inputs(info)]
         theirs = [(n, typ, w, bool(o.get("control_after_generate")), r) for n, typ, w, o, r in W.ordered_inputs(real)]
         assert ours == theirs, t
-        assert info["output"] == real["output"], t
+        assert info["output"] == W.outputs_without_later(t, real["output"]), t
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=os.path.basename)

@@ -9,9 +9,10 @@ from sharp.families import FAMILIES, UnsupportedModelError, detect_family
 from reference_rope import np_frequencies, np_mscale, stock_embed_nd
 
 
-def fake_model(class_name, attr, theta, axes_dim, txt_ids_dims=None):
+def fake_model(class_name, attr, theta, axes_dim, txt_ids_dims=None, params=()):
     emb = type("EmbedND", (), {"theta": theta, "axes_dim": list(axes_dim)})()
-    params = type("Params", (), {"txt_ids_dims": list(txt_ids_dims)})() if txt_ids_dims is not None else None
+    fields = dict(params, **({"txt_ids_dims": list(txt_ids_dims)} if txt_ids_dims is not None else {}))
+    params = type("Params", (), fields)() if fields else None
     *outer, last = attr.split(".")
     for name in reversed(outer):  # OmniGen2: a wrapper that carries theta / axes_dim too, the EmbedND inside
         emb = type("OmniGen2RotaryPosEmbed", (), {"theta": theta, "axes_dim": list(axes_dim), last: emb})()
@@ -34,14 +35,23 @@ def test_names_are_unique_and_rows_consistent():
 
 @pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
 def test_each_row_is_detected_from_its_own_model(f):
-    model = fake_model(f.classes[0], f.embedder_attr, f.theta, f.axes_dim, f.txt_ids_dims)
+    model = fake_model(f.classes[0], f.embedder_attr, f.theta, f.axes_dim, f.txt_ids_dims, f.params)
     assert detect_family(model) is f
 
 
 def test_detection_tells_apart_families_sharing_a_class():
     assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [])).name == "Flux.1"
     assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56))).name == "Flux.1"  # 0.3.64: no field
-    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2])).name == "Ovis-Image"
+    ovis = {"yak_mlp": True, "txt_norm": True, "context_in_dim": 2048, "vec_in_dim": None}
+    longcat = {"yak_mlp": False, "txt_norm": False, "context_in_dim": 3584, "vec_in_dim": None}
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2], ovis)).name == "Ovis-Image"
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2], longcat)).name == "LongCat-Image"
+    with pytest.raises(UnsupportedModelError, match="matches no known family"):  # neither: no guess
+        detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2]))
+    assert detect_family(fake_model("QwenImageTransformer2DModel", "pe_embedder", 10000, (16, 56, 56))).name == "Qwen-Image"
+    assert detect_family(fake_model("MageFlowTransformer2DModel", "pe_embedder", 10000, (16, 56, 56))).name == "MageFlow"
+    assert detect_family(fake_model("BooguTransformer2DModel", "rope_embedder.rope_embedder", 10000,
+                                    (40, 40, 40))).name == "Boogu"
     assert detect_family(fake_model("Flux", "pe_embedder", 2000, (32, 32, 32, 32), [3])).name == "Flux.2"
     assert detect_family(fake_model("NextDiT", "rope_embedder", 256.0, (32, 48, 48))).name == "Z-Image"
     assert detect_family(fake_model("NextDiT", "rope_embedder", 10000.0, (32, 32, 32))).name == "Lumina 2"
@@ -60,7 +70,19 @@ def test_unsupported_models_name_what_is_supported():
         detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), []), override="SD3")
     with pytest.raises(UnsupportedModelError, match="expects rope_embedder"):
         detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), []), override="Z-Image")
-    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2]), override="Flux.1").name == "Flux.1"
+    assert detect_family(fake_model("Flux", "pe_embedder", 10000, (16, 56, 56), [1, 2], {"yak_mlp": True}),
+                         override="Flux.1").name == "Flux.1"
+
+
+@pytest.mark.parametrize("cls", sorted(families.NOT_PATCHABLE))
+def test_known_unpatchable_models_are_refused_by_name(cls):
+    """Even with a look-alike embedder (or an override) the refusal names the model and the reason."""
+    model = fake_model(cls, "pos_embed", 256.0, (32, 48, 48))
+    name, why = families.NOT_PATCHABLE[cls]
+    for override in (None, "Lens"):
+        with pytest.raises(UnsupportedModelError, match=f"{name} \\({cls}\\) is not supported: ") as err:
+            detect_family(model, override=override)
+        assert why in str(err.value) and "Supported: Flux.1" in str(err.value)
 
 
 # --- ids as each family builds them ------------------------------------------------------------
@@ -104,6 +126,22 @@ def family_ids(name, h, w, txt=6):
     if name == "HiDream":  # comfy/ldm/hidream/model.py _forward: image ids (0, row, col) first, text zeros after
         img = torch.stack([torch.zeros(n), r, c], -1)
         return torch.cat([img, torch.zeros(txt, 3)])[None]
+    if name == "LongCat-Image":  # Flux class, txt_ids_dims [1, 2], rope_options shift_t 1, shift_y = shift_x = txt
+        img = torch.stack([torch.ones(n), r + txt, c + txt], -1)
+        text = torch.zeros(txt, 3)
+        text[:, 1] = text[:, 2] = torch.arange(txt, dtype=torch.float32)
+        return torch.cat([text, img])[None]
+    if name == "Krea 2":  # comfy/ldm/krea2/model.py: text zeros first, image (0, row, col)
+        return torch.cat([torch.zeros(txt, 3), torch.stack([torch.zeros(n), r, c], -1)])[None]
+    if name == "Lens":  # comfy/ldm/lens/model.py _lens_position_ids: centred image first, text on the diagonal after
+        img = torch.stack([torch.zeros(n), r - (h - h // 2), c - (w - w // 2)], -1)
+        start = max(h // 2, w // 2)
+        return torch.cat([img, torch.arange(start, start + txt, dtype=torch.float32)[:, None].repeat(1, 3)])[None]
+    if name == "MageFlow":  # comfy/ldm/mage_flow/model.py: text zeros first, image centred as [-ceil(n/2), floor(n/2))
+        return torch.cat([torch.zeros(txt, 3), torch.stack([torch.zeros(n), r - (h - h // 2), c - (w - w // 2)], -1)])[None]
+    if name == "Boogu":  # OmniGen2RotaryPosEmbed, as OmniGen2
+        text = torch.arange(txt, dtype=torch.float32)[:, None].repeat(1, 3)
+        return torch.cat([text, torch.stack([torch.full((n,), float(txt)), r, c], -1)])[None]
     raise AssertionError(name)
 
 

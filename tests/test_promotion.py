@@ -198,7 +198,7 @@ def family_patcher(name, txt=5):
     head_axis = 2 if name == "HiDream" else 1  # HiDream's own EmbedND returns [B, L, 1, ...]
     model = cf.family_dit(f.classes[0], f.embedder_attr, f.theta, f.axes_dim,
                           lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims,
-                          head_axis=head_axis)
+                          head_axis=head_axis, params=f.params)
     sampling = cf.ModelSamplingFlux(shift=f.flux_shift) if f.flux_shift else cf.ModelSamplingDiscreteFlow()
     return cf.FakeModelPatcher(cf.FakeBaseModel(model, sampling))
 
@@ -354,3 +354,68 @@ def test_detection_sees_object_patches():
     model.add_object_patch(P.EMBEDDER_PATH, torch.nn.Identity())  # another pack's non-RoPE replacement
     with pytest.raises(P.UnsupportedModelError, match="matches no known family.*Supported: Flux.1"):
         promote(model)
+
+
+def test_rope_options_extents_are_the_scaled_positions():
+    """ScaleROPE (ComfyUI's rope_options): n tokens at shift + k * scale span (n - 1) * scale + 1 positions."""
+    ext = {1: 24.0, 2: 10.0}
+    assert P.rope_options_extents(ext, (1, 2), None) == ext
+    out = P.rope_options_extents(ext, (1, 2), {"scale_y": 0.5, "scale_x": 2.0, "shift_y": 7.0})
+    assert out == {1: 23 * 0.5 + 1, 2: 9 * 2.0 + 1}
+    with pytest.raises(ValueError, match="scale_x"):
+        P.rope_options_extents(ext, (1, 2), {"scale_x": 0.0})
+
+
+def test_step_time_deep_copy_owns_its_embedder():
+    """A deep copy of the wrapper (a MultiGPU clone) must not share time or extents with the original."""
+    import copy
+
+    f = families.family("Flux.1")
+    emb = families.build_embedder(f, "sharp")
+    step = P.StepTime(emb, f)
+    twin = copy.deepcopy(step)
+    assert twin is not step and twin.embedder is not emb and twin.family == f
+    twin.embedder.set_time(0.25)
+    twin.embedder.set_extents({1: 90.0, 2: 70.0})
+    assert emb.t == 1.0 and emb._extents is None
+
+
+class _Clone:
+    """The part of ComfyUI's ModelPatcher a deep clone's callback touches."""
+
+    def __init__(self, object_patches, wrappers):
+        self.object_patches = dict(object_patches)  # ComfyUI's clone: a copy of the dict, the same objects
+        self.wrappers = {k: {k1: list(v1) for k1, v1 in v.items()} for k, v in wrappers.items()}
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def add_wrapper_with_key(self, kind, key, fn):
+        self.wrappers.setdefault(kind, {}).setdefault(key, []).append(fn)
+
+    def remove_wrappers_with_key(self, kind, key):
+        self.wrappers.get(kind, {}).pop(key, None)
+
+
+def test_deepclone_callback_gives_each_clone_its_own_embedder():
+    model = cf.flux_patcher()
+    patched = promote(model, noise_shift="keep", deepclone_callbacks=("on_deepclone", "on_match"))
+    ours = patched.object_patches[P.EMBEDDER_PATH]
+    callbacks = patched.callbacks
+    assert set(callbacks) == {"on_deepclone", "on_match"}
+    for kind in ("on_deepclone", "on_match"):
+        clone = _Clone(patched.object_patches, patched.wrappers)
+        assert clone.object_patches[P.EMBEDDER_PATH] is ours  # what ComfyUI's clone alone would do
+        (cb,) = callbacks[kind][P.PATCH_KEY]
+        cb(patched, clone)
+        own = clone.object_patches[P.EMBEDDER_PATH]
+        assert isinstance(own, sharp.RoPEEmbedder) and own is not ours
+        assert (own.theta, own.axes_dim, own.method, own.base_len) == (ours.theta, ours.axes_dim, ours.method,
+                                                                        ours.base_len)
+        (step,) = clone.wrappers[cf.APPLY_MODEL][P.PATCH_KEY]
+        assert step.embedder is own
+        assert patched.wrappers[cf.APPLY_MODEL][P.PATCH_KEY][0].embedder is ours  # the source is untouched
+    # another pack's embedder in the clone is left alone
+    clone = _Clone({P.EMBEDDER_PATH: cf.FakeEmbedND()}, patched.wrappers)
+    callbacks["on_deepclone"][P.PATCH_KEY][0](patched, clone)
+    assert isinstance(clone.object_patches[P.EMBEDDER_PATH], cf.FakeEmbedND)

@@ -26,6 +26,9 @@ def api_twin(name: str) -> str:
 
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
+VIRTUAL_NODES = {"Note", "MarkdownNote"}
+"""Frontend-only nodes: in the UI workflow, never in /object_info or the API twin."""
+
 
 def ordered_inputs(info: dict) -> list[tuple[str, str, bool, dict, bool]]:
     """(name, type, is_widget, options, required) in the node's input order."""
@@ -56,6 +59,21 @@ def _compatible(out_type: str, in_type: str) -> bool:
     return bool(set(out_type.split(",")) & set(in_type.split(",")))
 
 
+# Outputs a newer ComfyUI added to a core node (0.33: SaveImage / PreviewImage return their IMAGE, PreviewAny
+# its text).
+# A workflow saved without them (as ours are, to load on every tested version) is still valid; one that
+# lists them is too. Nothing else about the node may differ.
+LATER_OUTPUTS = {"SaveImage": ["IMAGE"], "PreviewImage": ["IMAGE"], "PreviewAny": ["STRING"]}
+
+
+def outputs_without_later(node_type: str, outputs: list) -> list:
+    """The node's output types without the ones a newer ComfyUI added (`LATER_OUTPUTS`)."""
+    later = LATER_OUTPUTS.get(node_type, [])
+    if later and list(outputs[-len(later):]) == later:
+        return list(outputs[:-len(later)])
+    return list(outputs)
+
+
 def check_ui(wf: dict, object_info: dict, name: str = "workflow") -> list[str]:
     problems = []
     nodes = {n["id"]: n for n in wf.get("nodes", [])}
@@ -64,6 +82,8 @@ def check_ui(wf: dict, object_info: dict, name: str = "workflow") -> list[str]:
         problems.append(f"{name}: duplicate link ids")
     for nid, node in nodes.items():
         t = node["type"]
+        if t in VIRTUAL_NODES:
+            continue
         if t not in object_info:
             problems.append(f"{name}: node {nid} has unknown type {t!r}")
             continue
@@ -91,8 +111,9 @@ def check_ui(wf: dict, object_info: dict, name: str = "workflow") -> list[str]:
             if required and not is_widget and n not in linked:
                 problems.append(f"{name}: node {nid} ({t}) required input {n!r} not connected")
         outputs = node.get("outputs", [])
-        if len(outputs) != len(info.get("output", [])):
-            problems.append(f"{name}: node {nid} ({t}) has {len(outputs)} outputs, its schema {len(info.get('output', []))}")
+        allowed = {len(info.get("output", [])), len(outputs_without_later(t, info.get("output", [])))}
+        if len(outputs) not in allowed:
+            problems.append(f"{name}: node {nid} ({t}) has {len(outputs)} outputs, its schema {sorted(allowed)}")
     for lid, (link_id, src, sslot, dst, dslot, typ) in links.items():
         if src not in nodes or dst not in nodes:
             problems.append(f"{name}: link {lid} joins missing node(s) {src} -> {dst}")
@@ -174,7 +195,7 @@ def check_api(api: dict, object_info: dict, name: str = "api workflow", check_va
 def check_twin(ui: dict, api: dict, object_info: dict, name: str = "workflow") -> list[str]:
     """The API twin is the UI workflow: same nodes, widget values and links."""
     problems = []
-    nodes = {str(n["id"]): n for n in ui["nodes"]}
+    nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in VIRTUAL_NODES}
     if set(nodes) != set(api):
         return [f"{name}: UI nodes {sorted(nodes)} != API nodes {sorted(api)}"]
     links = {link[0]: link for link in ui["links"]}
