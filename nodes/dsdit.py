@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from sharp.refsr import DEFAULT_CHECKPOINT, CallableVAE, load_dsdit, super_resolve
 
-from ._compat import advanced
+from ._compat import advanced, schema_extras
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class LoadDSDiT(io.ComfyNode):
                 ),
             ],
             outputs=[DSDIT.Output(display_name="DSDIT", tooltip="The DS-DiT network, for 'DS-DiT Reference SR'.")],
+            **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr"]),
         )
 
     @classmethod
@@ -193,6 +194,7 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The super-resolved image(s).")],
+            **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr", "remote sensing", "hires"]),
             hidden=[io.Hidden.unique_id],
         )
 

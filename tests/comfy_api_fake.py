@@ -52,8 +52,9 @@ def _io_type(name, widget=False):
 
 class Schema:
     def __init__(self, node_id, display_name=None, category="sd", inputs=None, outputs=None, description="",
-                 hidden=None, **kw):
+                 hidden=None, search_aliases=None, **kw):
         self.node_id, self.display_name, self.category = node_id, display_name, category
+        self.search_aliases = list(search_aliases or [])
         self.inputs, self.outputs, self.description = inputs or [], outputs or [], description
         self.hidden = hidden or []
 
@@ -79,7 +80,7 @@ def _make_io():
     io = types.ModuleType("comfy_api.latest.io")
     io.Schema, io.NodeOutput, io.ComfyNode, io.Hidden = Schema, NodeOutput, ComfyNode, Hidden
     io.Custom = lambda name: _io_type(name)
-    for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning"):
+    for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning", "Sigmas"):
         setattr(io, name, _io_type(name.upper()))
     for name in ("Int", "Float", "String", "Boolean", "Combo"):
         setattr(io, name, _io_type(name.upper(), widget=True))
@@ -285,7 +286,8 @@ def object_info(node_cls) -> dict:
     info = {"input": {"required": {}, "optional": {}}, "input_order": {"required": [], "optional": []},
             "output": [o.io_type for o in schema.outputs],
             "output_name": [o.display_name or o.io_type for o in schema.outputs],
-            "category": schema.category, "display_name": schema.display_name, "description": schema.description}
+            "category": schema.category, "display_name": schema.display_name, "description": schema.description,
+            "search_aliases": schema.search_aliases}
     for inp in schema.inputs:
         sec = "optional" if inp.optional else "required"
         opts = {k: v for k, v in (("default", inp.default), ("min", inp.min), ("max", inp.max),

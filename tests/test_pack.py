@@ -18,7 +18,7 @@ from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
 
 ROOT = fake.ROOT
 NODE_IDS = {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
-            "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR"}
+            "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,20 @@ def test_schema_tooltips_category_help(nodes, node_id):
     for inp in schema.inputs:
         if not inp.id.endswith(("_lo", "_hi")):
             assert inp.id in text, f"help page of {node_id} does not mention {inp.id}"
+
+
+def test_search_aliases_and_category_style(nodes):
+    """The words a user types find our nodes (ComfyUI >= 0.14 matches search_aliases); categories follow
+    core's snake_case path style (model_patches, not "model patches")."""
+    aliases = {nid: n.define_schema().search_aliases for nid, n in nodes.items()}
+    words = {w for names in aliases.values() for w in names}
+    assert {"super resolution", "upscale", "rope", "resolution", "dype", "yarn", "hires"} <= words
+    assert {"super resolution", "upscale"} <= set(aliases["SHARPDSDiTReferenceSR"])
+    assert {"rope", "resolution", "dype", "yarn", "hires"} <= set(aliases["SHARPResolutionPromotion"])
+    for nid, n in nodes.items():
+        category = n.define_schema().category
+        assert " " not in category, f"{nid}: category {category!r} has a space"
+    assert nodes["SHARPResolutionPromotion"].define_schema().category == "SHARP/model_patches"
 
 
 def test_resolution_node_defaults_and_advanced(nodes):
