@@ -143,6 +143,11 @@ class FolderPaths:
     roots: dict[str, list[str]] = {"diffusion_models": [], "embeddings": []}
     extensions: dict[str, set] = {}
     models_dir = os.path.join(os.sep, "nonexistent", "comfyui", "models")
+    input_dir = None  # no input folder unless a test points it at a tmp_path (the copy then only logs)
+
+    @classmethod
+    def get_input_directory(cls):
+        return cls.input_dir
 
     @classmethod
     def get_folder_paths(cls, key):
@@ -239,6 +244,7 @@ def _modules() -> dict[str, types.ModuleType]:
     fp = types.ModuleType("folder_paths")
     fp.get_folder_paths = FolderPaths.get_folder_paths
     fp.get_filename_list, fp.get_full_path = FolderPaths.get_filename_list, FolderPaths.get_full_path
+    fp.get_input_directory = FolderPaths.get_input_directory
     fp.models_dir, fp.folder_names_and_paths = FolderPaths.models_dir, _NamesAndPaths()
     # mark every fake as a package-less module with a spec so importlib.util.find_spec works
     mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
@@ -333,6 +339,12 @@ CORE_OBJECT_INFO = {
     # image: the files of ComfyUI's input folder (left open); the upload button adds a widget value
     "LoadImage": _core([("image", "COMBO", {"image_upload": True})], ["IMAGE", "MASK"]),
     "ImageScaleBy": _core([("image", "IMAGE"), ("upscale_method", "COMBO"), ("scale_by", "FLOAT")], ["IMAGE"]),
+    # custom sampling: the RS-FLUX workflows run SHARP Flux Sigmas through SamplerCustomAdvanced
+    "RandomNoise": _core([("noise_seed", "INT", {"control_after_generate": True})], ["NOISE"]),
+    "KSamplerSelect": _core([("sampler_name", "COMBO")], ["SAMPLER"]),
+    "BasicGuider": _core([("model", "MODEL"), ("conditioning", "CONDITIONING")], ["GUIDER"]),
+    "SamplerCustomAdvanced": _core([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                                    ("sigmas", "SIGMAS"), ("latent_image", "LATENT")], ["LATENT", "LATENT"]),
 }
 
 # Core nodes of the per-family workflows (workflows/family_*.json). Kept apart from CORE_OBJECT_INFO because

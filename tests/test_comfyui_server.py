@@ -256,7 +256,7 @@ def _tiny(api: dict) -> dict:
         elif t == "EmptySD3LatentImage":
             inp["width"] = max(64, round(inp["width"] / 64) * 16)
             inp["height"] = max(64, round(inp["height"] / 64) * 16)
-        elif t == "KSampler":
+        elif t in ("KSampler", "SHARPFluxSigmas"):
             inp["steps"] = 2
         elif t == "SHARPResolutionPromotion":
             inp["base_resolution"] = 256
