@@ -129,19 +129,28 @@ class Graph:
 
 def grid_layout(nodes: list, cells: dict) -> None:
     """Columns as wide as their widest node, rows as tall as their tallest (drawn sizes), gaps between;
-    cells: node id -> (column, row)."""
+    cells: node id -> (column, row) or (column, row, rows spanned) for a tall node such as an image."""
     for n in nodes:
         mw, mh = W.min_body_size(n)
         n["size"] = [max(n["size"][0], mw, MIN_W.get(n["type"], 270)), max(n["size"][1], mh)]
+    cell = {nid: tuple(c) + (1,) * (3 - len(c)) for nid, c in cells.items()}
     cols, rows = {}, {}
     for n in nodes:
-        c, r = cells[n["id"]]
+        c, r, span = cell[n["id"]]
         cols[c] = max(cols.get(c, 0), n["size"][0])
-        rows[r] = max(rows.get(r, 0), n["size"][1] + W.TITLE_H)
+        rows.setdefault(r, 0)
+        if span == 1:
+            rows[r] = max(rows[r], n["size"][1] + W.TITLE_H)
+    for n in nodes:  # a spanning node that does not fit its rows makes the last of them taller
+        c, r, span = cell[n["id"]]
+        spanned = [k for k in sorted(rows) if r <= k < r + span]
+        room = sum(rows[k] for k in spanned) + GAP_Y * (len(spanned) - 1)
+        if span > 1 and room < n["size"][1] + W.TITLE_H:
+            rows[spanned[-1]] += n["size"][1] + W.TITLE_H - room
     x0 = {c: sum(cols[k] + GAP_X for k in cols if k < c) for c in cols}
     y0 = {r: sum(rows[k] + GAP_Y for k in rows if k < r) for r in rows}
     for n in nodes:
-        c, r = cells[n["id"]]
+        c, r, _ = cell[n["id"]]
         n["pos"] = [round(x0[c]), round(y0[r] + W.TITLE_H)]
         n["size"] = [round(n["size"][0]), round(n["size"][1])]
 
@@ -189,7 +198,7 @@ def rsflux_single(width: int, height: int) -> Graph:
     g.link(ld, 0, sh, "model")
     lat = g.add("EmptySD3LatentImage", [width, height, 1], (2, 2))
     _sample(g, sh, fg, noise, smp, sig, lat, ld, f"SHARP/rsflux_{width}x{height}",
-            {"guider": (2, 1), "sca": (4, 0), "decode": (4, 1), "save": (5, 0)}, save_size=(480, 520))
+            {"guider": (2, 1), "sca": (4, 0), "decode": (4, 1), "save": (5, 0, 3)}, save_size=(480, 520))
     prev = g.add("SHARPSchedulePreview", [width, height, "sharp", 28, 0, 4.0], (1, 3))
     show = g.add("PreviewImage", [], (2, 3), size=(560, 380))
     g.link(prev, 0, show, "images")
@@ -240,11 +249,11 @@ def method_comparison() -> Graph:
         batch, grid = b, s
     spec = g.add("SHARPSpectrumAnalysis", [", ".join(METHODS), 0.5], (6, 0))
     g.link(batch, 0, spec, "images")
-    plot = g.add("PreviewImage", [], (7, 0), size=(500, 360))
+    plot = g.add("PreviewImage", [], (7, 0), size=(500, 300))
     g.link(spec, 0, plot, "images")
     table = g.add("PreviewAny", [], (8, 0), size=(400, 200))
     g.link(spec, 1, table, "source")
-    save = g.add("SaveImage", ["SHARP/method_grid"], (8, 3), size=(640, 300))
+    save = g.add("SaveImage", ["SHARP/method_grid"], (8, 1, 3), size=(640, 300))
     g.link(grid, 0, save, "images")
     return g
 
@@ -336,8 +345,10 @@ DSDIT_NOTE = "\n\n".join([
 
 
 def note_size(text: str, width: int = NOTE_W) -> list[int]:
-    lines = sum(max(1, len(textwrap.wrap(p, width // 7))) if p else 1 for p in text.split("\n"))
-    return [width, 30 + 17 * lines]
+    """Room for the text as the frontend draws a Note (monospace, ~6.6 px a character, ~11.5 px a line at
+    100 %, seen in Chromium), with some to spare."""
+    lines = sum(max(1, len(textwrap.wrap(p, int((width - 24) / 6.6)))) if p else 1 for p in text.split("\n"))
+    return [width, 40 + 13 * lines]
 
 
 def put_note(wf: dict, text: str) -> None:
