@@ -90,6 +90,10 @@ def server(H, tmp_path_factory):
     os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK))
     _write_standins(os.path.join(base, "models"))
     with Server.running(base) as srv:
+        # not a first visit: no Templates browser popping up over the graphs (its own test opens it)
+        req = urllib.request.Request(srv.url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=30).status == 200
         yield srv
 
 
@@ -102,13 +106,15 @@ class Page:
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         page.on("response", lambda r: r.status >= 400 and self.errors.append(f"HTTP {r.status} {r.url}"))
 
+    DIALOG = "[role='dialog']:visible, .p-dialog:visible"
+
     def open(self):
         self.page.goto(self.url)
         self.page.wait_for_function(
             "!!(window.app && window.app.graph && window.LiteGraph && LiteGraph.registered_node_types['SHARPFluxSigmas'])",
             timeout=120000)
         try:  # a first visit opens the Templates browser (new-user default) a moment after start
-            self.page.locator(".p-dialog:visible").first.wait_for(timeout=8000)
+            self.page.locator(self.DIALOG).first.wait_for(timeout=8000)
         except Exception:  # noqa: BLE001 - no dialog this time
             pass
         self.close_dialogs()
@@ -118,10 +124,10 @@ class Page:
 
     def close_dialogs(self):
         for _ in range(10):
-            if not self.page.locator(".p-dialog:visible").count():
+            if not self.page.locator(self.DIALOG).count():
                 return
-            close = self.page.locator(".p-dialog:visible button[aria-label*='lose'], "
-                                      ".p-dialog:visible .p-dialog-close-button")
+            close = self.page.locator("[role='dialog']:visible button[aria-label*='lose'], "
+                                      ".p-dialog:visible button[aria-label*='lose'], .p-dialog:visible .p-dialog-close-button")
             if close.count():
                 close.first.click()
             else:
@@ -130,10 +136,15 @@ class Page:
         raise AssertionError(f"a dialog does not close: {self.dialogs()}")
 
     def dialogs(self) -> list[str]:
-        return [t.strip()[:300] for t in self.page.locator(".p-dialog:visible").all_inner_texts()]
+        return [t.strip()[:300] for t in self.page.locator(self.DIALOG).all_inner_texts()]
 
     def toasts(self) -> list[str]:
-        return [t.strip()[:300] for t in self.page.locator(".p-toast-message-error:visible").all_inner_texts()]
+        """Error toasts (1.39: PrimeVue toasts) and 1.49's "N errors found ... View details" status panel
+        (where it reports missing models and nodes instead of a dialog)."""
+        texts = self.page.locator(".p-toast-message-error:visible").all_inner_texts()
+        texts += [t for t in self.page.locator("[role='status']:visible").all_inner_texts()
+                  if re.search(r"error|missing", t, re.I)]
+        return [t.strip()[:300] for t in texts]
 
     def load(self, wf: dict):
         self.page.evaluate("async (wf) => { await app.loadGraphData(wf); }", wf)
@@ -143,7 +154,7 @@ class Page:
         """node id -> (type, [x, y, w, h] as drawn, title bar included), read from the frontend's graph."""
         rows = self.page.evaluate("""() => app.graph._nodes.map(n => {
             const r = new Float32Array(4); n.getBounding ? n.getBounding(r) : r.set(n.boundingRect);
-            return [n.id, n.type, Array.from(r)]; })""")
+            return [String(n.id), n.type, Array.from(r)]; })""")  # ids are numbers in 1.39, strings in 1.49
         return {nid: (typ, rect) for nid, typ, rect in rows}
 
     def fit(self, rects, margin=40):
@@ -219,8 +230,39 @@ def test_workflow_opens_cleanly_and_nothing_overlaps(server, browser, shots, nam
     # the JSON sizes are what the frontend draws (so the always-run layout check sees the real layout)
     for n in wf["nodes"]:
         x, y, w, h = W.drawn_rect(n)
-        dx, dy, dw, dh = drawn[n["id"]][1]
+        dx, dy, dw, dh = drawn[str(n["id"])][1]
         assert dw <= w + 1 and dh <= h + 1, f"{name}: node {n['id']} ({n['type']}) drawn {dw}x{dh}, laid out {w}x{h}"
+
+
+def test_the_checks_see_a_broken_workflow(server, browser, shots):
+    """The detection itself. A model file that is not there raises the frontend's missing-model warning
+    (1.39: a dialog; 1.49: an "errors found" panel); the issue's case, the RS-FLUX folder described as a model
+    file in properties.models, raises it in frontend 1.39 (1.49 accepts it once the folder is listed);
+    two nodes on one spot overlap as drawn."""
+    version = browser.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || ''")
+    wf = json.load(open(os.path.join(W.UI_DIR, "family_flux1.json")))
+    unet = next(n for n in wf["nodes"] if n["type"] == "UNETLoader")
+    unet["widgets_values"][0] = unet["properties"]["models"][0]["name"] = "not-downloaded.safetensors"
+    browser.load(wf)
+    warned = browser.dialogs() + browser.toasts()
+    browser.page.screenshot(path=os.path.join(shots, "broken_missing_model_detected.png"))
+    browser.close_dialogs()
+    assert any(re.search("model|error", t, re.I) for t in warned), f"no missing-model warning: {warned}"
+
+    wf = json.load(open(os.path.join(W.UI_DIR, "rsflux_sharp_2048.json")))
+    loader = next(n for n in wf["nodes"] if n["type"] == "SHARPLoadRSFlux")
+    loader["properties"]["models"] = [{"name": "FLUX-RS", "url": "https://huggingface.co/BxuanZ/FLUX-RS",
+                                       "directory": "diffusion_models"}]
+    a, b = (n for n in wf["nodes"] if n["type"] in ("BasicGuider", "VAEDecode"))
+    b["pos"] = list(a["pos"])
+    browser.load(wf)
+    warned = browser.dialogs() + browser.toasts()
+    browser.page.screenshot(path=os.path.join(shots, "broken_folder_entry_and_overlap.png"))
+    browser.close_dialogs()
+    drawn = browser.drawn()
+    assert {str(a["id"]), str(b["id"])} in [set(p) for p in W.overlaps({k: r for k, (_, r) in drawn.items()})]
+    if version.startswith("1.39."):
+        assert any("suffixes" in t for t in warned), f"frontend {version}: no warning for the folder entry: {warned}"
 
 
 def test_every_template_opens_from_the_templates_browser(server, browser, shots):
@@ -267,7 +309,7 @@ def test_dsdit_workflow_runs_from_the_run_button(server, browser, shots):
     browser.errors.clear()
     browser.load(wf)
     assert os.path.isfile(os.path.join(server.base, "input", "sharp_refsr_lr.jpg")), "example images not installed"
-    run = page.locator("button:has-text('Run'), button:has-text('Queue')").first
+    run = page.locator("button:visible:has-text('Run'), button:visible:has-text('Queue')").first
     run.click()
     save_ids = [n["id"] for n in wf["nodes"] if n["type"] == "SaveImage"]
     deadline = time.time() + 300
