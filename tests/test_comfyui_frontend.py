@@ -288,19 +288,22 @@ def test_every_template_opens_from_the_templates_browser(server, browser, shots)
 
 
 @pytest.mark.parametrize("node_id", OUR_NODES)
-def test_help_page_renders(server, browser, node_id):
-    """The frontend's node help (NodeHelpService): /extensions/<pack>/docs/<NodeId>.md, rendered as HTML."""
-    html = browser.page.evaluate("""async (id) => {
-        const r = await fetch(`/extensions/comfyui-sharp/docs/${id}.md`);
-        if (!r.ok) return `HTTP ${r.status}`;
-        const div = document.createElement('div'); div.className = 'sharp-help-probe';
-        const md = await r.text();
-        div.innerHTML = md.split('\\n').map(l => l.startsWith('# ') ? `<h1>${l.slice(2)}</h1>` : `<p>${l}</p>`).join('');
-        document.body.appendChild(div);
-        const h1 = div.querySelector('h1') ? div.querySelector('h1').textContent : '';
-        div.remove(); return h1; }""", node_id)
+def test_help_page_renders(server, browser, shots, node_id):
+    """As a user opens it: select the node, press Node Info in the selection toolbox; the frontend fetches
+    /extensions/<pack>/docs/<NodeId>.md and renders it (markdown -> HTML) in its side panel."""
+    page = browser.page
+    page.evaluate("""(id) => { app.graph.clear(); const n = LiteGraph.createNode(id); n.pos = [200, 200];
+        app.graph.add(n); app.canvas.deselectAll && app.canvas.deselectAll(); app.canvas.selectNode(n);
+        app.canvas.setDirty(true, true); }""", node_id)
+    page.wait_for_timeout(600)
+    page.locator("[data-testid='info-button']:visible").first.click()
     title = server.object_info[node_id]["display_name"]
-    assert html == title, f"help page of {node_id}: {html!r}"
+    heading = page.locator(".markdown-content h1", has_text=title)
+    heading.first.wait_for(timeout=15000)
+    page.screenshot(path=os.path.join(shots, f"help_{node_id}.png"))
+    body = page.locator(".markdown-content").first.inner_text()
+    assert "Inputs" in body and len(body) > 200, body[:500]
+    page.locator("[data-testid='info-button']:visible").first.click()  # close it again
 
 
 def test_dsdit_workflow_runs_from_the_run_button(server, browser, shots):

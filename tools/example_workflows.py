@@ -105,8 +105,7 @@ class Graph:
         out = {}
         for n in self.nodes:
             inputs = {}
-            names = [w for w in WIDGETS.get(n["type"], [])]
-            for name, value in zip(names, n["widgets_values"]):
+            for name, value in zip(WIDGETS.get(n["type"], []), n["widgets_values"]):
                 if name is not None:
                     inputs[name] = value
             for inp in n["inputs"]:
@@ -284,8 +283,8 @@ def _cost(sizes, runs=1) -> str:
     per = ", ".join(f"{w}x{h}: {t} image tokens, ~{r:.0f}x the attention of a 1024 px step"
                     for (w, h), t, r in zip(sizes, tokens, rel))
     return (f"COST: {28 * runs * len(sizes)} transformer evaluations of a 12B Flux ({per}). Weights: ~24 GB in "
-            "bf16 plus ~10 GB for T5 (weight_dtype fp8_e4m3fn halves the transformer). A GPU job: on a CPU a "
-            "single step at these sizes takes hours.")
+            "bf16 plus ~10 GB for T5 (weight_dtype fp8_e4m3fn halves the transformer): a GPU job, not practical "
+            "on a CPU.")
 
 
 def rsflux_note(name: str) -> str:
@@ -308,7 +307,7 @@ def rsflux_note(name: str) -> str:
         cost, change = _cost([(w, h)]), ("the prompt; the size (EmptySD3LatentImage, multiples of 16; also in "
                                          "Schedule Preview); the seed in RandomNoise.")
     return "\n\n".join([shows + " " + SCHEDULE, RSFLUX_MODELS, "CHANGE FIRST: " + change, cost,
-                        "Saves to output/SHARP/. Node help: select a node, press the (i) / help button."])
+                        "Saves to output/SHARP/. Help on a node: select it, press Node Info (i) in the toolbar above it."])
 
 
 def family_note(wf: dict) -> str:
