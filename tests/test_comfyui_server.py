@@ -217,6 +217,9 @@ def test_pack_loads_in_server(server):
         assert oi[node_id]["category"].startswith("SHARP/")
     assert oi["SHARPLoadRSFlux"]["input"]["required"]["folder"][0] == [BROKEN, STANDIN] or \
         sorted(oi["SHARPLoadRSFlux"]["input"]["required"]["folder"][1].get("options", [])) == [BROKEN, STANDIN]
+    if "search_aliases" in server.object_info["KSampler"]:  # ComfyUI >= 0.14: the node search matches these
+        assert {"rope", "dype", "yarn", "hires"} <= set(oi["SHARPResolutionPromotion"]["search_aliases"])
+        assert {"super resolution", "upscale"} <= set(oi["SHARPDSDiTReferenceSR"]["search_aliases"])
     lines = [line for line in server.log_tail(200000).splitlines() if "comfyui-sharp" in line]
     assert lines and not any("IMPORT FAILED" in line for line in lines), lines
 
