@@ -46,7 +46,7 @@ def _playwright():
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.skip("needs the playwright Python package (pip install playwright) for the browser tests")
-    if not os.access(CHROMIUM, os.X_OK):
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(f"needs a Chromium binary at {CHROMIUM} (Debian: apt install chromium; or set SHARP_CHROMIUM)")
     return sync_playwright
 
