@@ -320,12 +320,14 @@ def family_note(wf: dict) -> str:
     sizes = [(n["widgets_values"][0], n["widgets_values"][1]) for n in wf["nodes"] if n["type"].startswith("Empty")]
     w, h = sizes[0]
     steps = next((n["widgets_values"][2] for n in wf["nodes"] if n["type"] == "KSampler"), 28)
+    px = fam.px_per_token
+    tokens = (w // px) * (h // px)
     return "\n\n".join([
         f"WHAT IT SHOWS: {fam.name} + SHARP at {w}x{h}, above its {fam.base_resolution} px training grid. "
         "SHARP Resolution Promotion detects the family (family auto, base_resolution 0 = the family's own).",
         "MODELS (ComfyUI's own files; the Download buttons of the missing-models dialog fetch them):\n" + "\n".join(models),
         "CHANGE FIRST: the prompt, the size in the latent node, the seed in KSampler.",
-        f"COST: {steps} steps at {(w // 16) * (h // 16)} image tokens (~{((w // 16) * (h // 16)) ** 2 / ((fam.base_resolution // 16) ** 4):.0f}x the "
+        f"COST: {steps} steps at {tokens} image tokens (~{tokens ** 2 / (fam.base_resolution // px) ** 4:.0f}x the "
         "attention of a step at the training size); a GPU job, as the model itself needs.",
         "Saves to output/SHARP/."])
 
