@@ -11,10 +11,11 @@ from .dsdit import DSDiTReferenceSR, LoadDSDiT
 from .loader import LoadRSFlux
 from .resolution import ResolutionPromotion
 from .schedule_preview import SchedulePreview
+from .sigmas import FluxSigmas
 from .spectrum import SpectrumAnalysis
 
 NODES: list[type[io.ComfyNode]] = [ResolutionPromotion, LoadRSFlux, SpectrumAnalysis, SchedulePreview, LoadDSDiT,
-                                   DSDiTReferenceSR]
+                                   DSDiTReferenceSR, FluxSigmas]
 
 
 class SharpExtension(ComfyExtension):

@@ -35,3 +35,18 @@ def free_memory(model_management, device, memory_required: int, ram_required: in
     empty = getattr(model_management, "soft_empty_cache", None)
     if empty is not None:
         empty()
+
+
+def schema_extras(search_aliases: list[str]) -> dict:
+    """Keyword arguments for io.Schema that only some ComfyUI versions know.
+
+    `search_aliases` (extra words the node search matches) is a Schema field from ComfyUI 0.14 on;
+    older versions (0.3.64) would reject the keyword, so it is left out there.
+    """
+    import dataclasses
+
+    try:
+        fields = {f.name for f in dataclasses.fields(io.Schema)}
+    except TypeError:  # not a dataclass: read the constructor
+        fields = set(inspect.signature(io.Schema.__init__).parameters)
+    return {"search_aliases": list(search_aliases)} if "search_aliases" in fields else {}

@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from sharp.refsr import DEFAULT_CHECKPOINT, CallableVAE, limits, load_dsdit, super_resolve
 
-from ._compat import advanced, free_memory
+from ._compat import advanced, free_memory, schema_extras
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,33 @@ def register_model_folder() -> None:
 
 
 register_model_folder()
+
+EXAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "refsr")
+EXAMPLE_INPUTS = {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}
+"""Input-folder name -> file of examples/refsr: the images the example workflow dsdit_refsr_x4 loads."""
+
+
+def install_example_inputs() -> list[str]:
+    """Copy the example LR / Ref images into ComfyUI's input folder under the names the example workflow
+    uses, so it runs out of the box. A file already there (e.g. the user's own) is never overwritten;
+    any failure is logged, never raised (loading the pack must not fail over an example image)."""
+    copied = []
+    try:
+        import shutil
+
+        target = folder_paths.get_input_directory()
+        for name, src in EXAMPLE_INPUTS.items():
+            dst = os.path.join(target, name)
+            if not os.path.exists(dst) and os.path.isfile(os.path.join(EXAMPLE_DIR, src)):
+                os.makedirs(target, exist_ok=True)
+                shutil.copyfile(os.path.join(EXAMPLE_DIR, src), dst)
+                copied.append(dst)
+    except Exception as err:  # noqa: BLE001 - a read-only or missing input folder only costs the example
+        log.warning("SHARP: could not copy the DS-DiT example images into ComfyUI's input folder: %s", err)
+    return copied
+
+
+install_example_inputs()
 
 
 def checkpoint_choices() -> list[str]:
@@ -120,6 +147,7 @@ class LoadDSDiT(io.ComfyNode):
                 ),
             ],
             outputs=[DSDIT.Output(display_name="DSDIT", tooltip="The DS-DiT network, for 'DS-DiT Reference SR'.")],
+            **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr"]),
         )
 
     @classmethod
@@ -229,6 +257,7 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
             ],
             outputs=[io.Image.Output(display_name="IMAGE", tooltip="The super-resolved image(s).")],
+            **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr", "remote sensing", "hires"]),
             hidden=[io.Hidden.unique_id],
         )
 

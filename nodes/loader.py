@@ -15,6 +15,8 @@ from comfy_api.latest import io
 
 from sharp import diffusers_flux
 
+from ._compat import schema_extras
+
 WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
 FOLDER_KEY = "diffusion_models"
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class LoadRSFlux(io.ComfyNode):
                                        "text_encoder_2/)."),
                 io.Vae.Output(tooltip="The VAE (None if the folder has no vae/)."),
             ],
+            **schema_extras(search_aliases=["flux", "diffusers", "rs-flux", "remote sensing", "satellite"]),
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from sharp import promotion
 from sharp.schedule import FLUX_SHIFT_MU
 
-from ._compat import advanced
+from ._compat import advanced, schema_extras
 
 
 def _flux_sampling_factory(model):
@@ -40,7 +40,7 @@ class ResolutionPromotion(io.ComfyNode):
         return io.Schema(
             node_id="SHARPResolutionPromotion",
             display_name="SHARP Resolution Promotion",
-            category="SHARP/model patches",
+            category="SHARP/model_patches",
             description=(
                 "Generate above the training resolution with a multi-axis RoPE DiT (Flux.1/2, Ovis-Image, "
                 "Chroma, Chroma Radiance, Qwen-Image, Z-Image, Lumina 2, HunyuanImage 2.1; detected "
@@ -110,6 +110,7 @@ class ResolutionPromotion(io.ComfyNode):
                 ),
             ],
             outputs=[io.Model.Output(tooltip="The patched copy of the model.")],
+            **schema_extras(search_aliases=["rope", "resolution", "hires", "high resolution", "upscale", "dype", "yarn", "ntk", "position interpolation"]),
         )
 
     @classmethod

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from sharp import plots, promotion, rope, schedule
+from sharp import families, plots, promotion, rope, schedule
 
+from ._compat import schema_extras
 from .spectrum import figure_to_image
 
 
@@ -27,18 +28,23 @@ class SchedulePreview(io.ComfyNode):
                                tooltip="RoPE method, as in SHARP Resolution Promotion."),
                 io.Int.Input("steps", default=28, min=1, max=200,
                              tooltip="Sampling steps of the Flux schedule (mu 1.15) shown."),
-                io.Int.Input("base_resolution", default=1024, min=256, max=4096, step=16,
-                             tooltip="Training resolution in pixels (Flux.1 / RS-FLUX: 1024)."),
+                io.Int.Input("base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
+                             tooltip="Training resolution of the model in pixels, as in SHARP Resolution Promotion; "
+                                     "0 = the family's own (this preview draws a Flux.1 / RS-FLUX schedule: 1024)."),
                 io.Float.Input("alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
                                tooltip="SHARP decay strength (only used by 'sharp')."),
             ],
             outputs=[io.Image.Output(display_name="heatmap", tooltip="The schedule figure.")],
+            **schema_extras(search_aliases=["rope", "resolution", "schedule", "hires", "dype", "yarn"]),
         )
 
     @classmethod
-    def execute(cls, width, height, method="sharp", steps=28, base_resolution=1024, alpha_s=4.0) -> io.NodeOutput:
+    def execute(cls, width, height, method="sharp", steps=28, base_resolution=promotion.FAMILY_DEFAULT,
+                alpha_s=4.0) -> io.NodeOutput:
         promotion.check_choice("method", method, promotion.METHOD_CHOICES)
-        base = promotion.check_base_resolution(base_resolution)
+        flux = families.family("Flux.1")
+        base = (flux.base_resolution if int(base_resolution) == promotion.FAMILY_DEFAULT
+                else promotion.check_base_resolution(base_resolution, family_default=True))
         sched = schedule.rope_schedule(int(width), int(height), method=method, steps=int(steps),
                                        base_len=rope.base_len_from_resolution(base), alpha_s=float(alpha_s))
         return io.NodeOutput(figure_to_image(plots.plot_schedule(sched)))

@@ -7,6 +7,8 @@ from comfy_api.latest import io
 
 from sharp import plots, spectrum_report
 
+from ._compat import schema_extras
+
 
 def figure_to_image(fig) -> torch.Tensor:
     """matplotlib figure -> ComfyUI IMAGE [1, H, W, 3] float in [0, 1]."""
@@ -42,6 +44,7 @@ class SpectrumAnalysis(io.ComfyNode):
                 io.Image.Output(display_name="plot", tooltip="The spectra plotted together."),
                 io.String.Output(display_name="table", tooltip="HF ratio per image, one line each."),
             ],
+            **schema_extras(search_aliases=["fft", "frequency", "power spectrum", "hf ratio", "hires"]),
         )
 
     @classmethod

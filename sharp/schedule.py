@@ -35,12 +35,51 @@ def flux_sigmas(steps: int, mu: float = FLUX_SHIFT_MU) -> np.ndarray:
     return flux_time_shift(mu, np.linspace(1.0, 0.0, steps + 1))
 
 
+def calculate_shift(seq_len: float, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+                    max_shift: float = 1.15) -> float:
+    """Flux's resolution-dependent mu: linear in the image token count, base_shift at base_seq_len tokens,
+    max_shift at max_seq_len (1024 px square); diffusers' FluxPipeline `calculate_shift` with the FLUX.1
+    scheduler config."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return seq_len * slope + (base_shift - slope * base_seq_len)
+
+
 def flux_resolution_mu(width: int, height: int, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """ComfyUI's resolution-dependent Flux shift: linear in token count, 0.5 at 256 tokens,
-    1.15 at 4096 tokens (1024 px square)."""
+    """ComfyUI's resolution-dependent Flux shift (ModelSamplingFlux node): the token count is
+    width * height / 256, not rounded."""
     tokens = (width * height) / (VAE_DOWNSCALE * VAE_DOWNSCALE * PATCH_SIZE * PATCH_SIZE)
-    slope = (max_shift - base_shift) / (4096 - 256)
-    return tokens * slope + (base_shift - slope * 256)
+    return calculate_shift(tokens, base_shift=base_shift, max_shift=max_shift)
+
+
+def diffusers_image_size(px: int) -> int:
+    """The size diffusers' FluxPipeline samples for a requested px: rounded down to a multiple of 16
+    (VAE /8 times the 2x2 patch), e.g. 3756 -> 3744."""
+    step = VAE_DOWNSCALE * PATCH_SIZE
+    if px < step:
+        raise ValueError(f"image size must be at least {step} px, got {px}")
+    return px // step * step
+
+
+def diffusers_flux_mu(width: int, height: int) -> float:
+    """The mu diffusers' FluxPipeline derives for width x height: calculate_shift of its packed latent
+    length (height // 16) * (width // 16)."""
+    step = VAE_DOWNSCALE * PATCH_SIZE
+    return calculate_shift((diffusers_image_size(height) // step) * (diffusers_image_size(width) // step))
+
+
+def flow_match_euler_sigmas(steps: int, mu: float = FLUX_SHIFT_MU) -> np.ndarray:
+    """The sigmas of diffusers' FlowMatchEulerDiscreteScheduler as FluxPipeline sets them: linspace(1, 1/N, N)
+    under the exponential time shift with this mu (in float64), cast to float32, final 0 appended.
+
+    Unlike `flux_sigmas` (N + 1 points of linspace(1, 0)) and ComfyUI's `simple` scheduler (which picks
+    sigmas from a 10,000-entry table), the last step ends at shift(1/N) before the jump to 0.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not math.isfinite(mu):
+        raise ValueError(f"mu must be a finite number, got {mu}")
+    sigmas = flux_time_shift(mu, np.linspace(1.0, 1.0 / steps, steps)).astype(np.float32)
+    return np.concatenate([sigmas, np.zeros(1, dtype=np.float32)])
 
 
 def tokens_for_pixels(px: int) -> int:

@@ -52,8 +52,9 @@ def _io_type(name, widget=False):
 
 class Schema:
     def __init__(self, node_id, display_name=None, category="sd", inputs=None, outputs=None, description="",
-                 hidden=None, **kw):
+                 hidden=None, search_aliases=None, **kw):
         self.node_id, self.display_name, self.category = node_id, display_name, category
+        self.search_aliases = list(search_aliases or [])
         self.inputs, self.outputs, self.description = inputs or [], outputs or [], description
         self.hidden = hidden or []
 
@@ -79,7 +80,7 @@ def _make_io():
     io = types.ModuleType("comfy_api.latest.io")
     io.Schema, io.NodeOutput, io.ComfyNode, io.Hidden = Schema, NodeOutput, ComfyNode, Hidden
     io.Custom = lambda name: _io_type(name)
-    for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning"):
+    for name in ("Model", "Clip", "Vae", "Image", "Latent", "Conditioning", "Sigmas"):
         setattr(io, name, _io_type(name.upper()))
     for name in ("Int", "Float", "String", "Boolean", "Combo"):
         setattr(io, name, _io_type(name.upper(), widget=True))
@@ -142,6 +143,11 @@ class FolderPaths:
     roots: dict[str, list[str]] = {"diffusion_models": [], "embeddings": []}
     extensions: dict[str, set] = {}
     models_dir = os.path.join(os.sep, "nonexistent", "comfyui", "models")
+    input_dir = None  # no input folder unless a test points it at a tmp_path (the copy then only logs)
+
+    @classmethod
+    def get_input_directory(cls):
+        return cls.input_dir
 
     @classmethod
     def get_folder_paths(cls, key):
@@ -250,6 +256,7 @@ def _modules() -> dict[str, types.ModuleType]:
     fp = types.ModuleType("folder_paths")
     fp.get_folder_paths = FolderPaths.get_folder_paths
     fp.get_filename_list, fp.get_full_path = FolderPaths.get_filename_list, FolderPaths.get_full_path
+    fp.get_input_directory = FolderPaths.get_input_directory
     fp.models_dir, fp.folder_names_and_paths = FolderPaths.models_dir, _NamesAndPaths()
     # mark every fake as a package-less module with a spec so importlib.util.find_spec works
     mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
@@ -297,7 +304,8 @@ def object_info(node_cls) -> dict:
     info = {"input": {"required": {}, "optional": {}}, "input_order": {"required": [], "optional": []},
             "output": [o.io_type for o in schema.outputs],
             "output_name": [o.display_name or o.io_type for o in schema.outputs],
-            "category": schema.category, "display_name": schema.display_name, "description": schema.description}
+            "category": schema.category, "display_name": schema.display_name, "description": schema.description,
+            "search_aliases": schema.search_aliases}
     for inp in schema.inputs:
         sec = "optional" if inp.optional else "required"
         opts = {k: v for k, v in (("default", inp.default), ("min", inp.min), ("max", inp.max),
@@ -344,6 +352,12 @@ CORE_OBJECT_INFO = {
     # image: the files of ComfyUI's input folder (left open); the upload button adds a widget value
     "LoadImage": _core([("image", "COMBO", {"image_upload": True})], ["IMAGE", "MASK"]),
     "ImageScaleBy": _core([("image", "IMAGE"), ("upscale_method", "COMBO"), ("scale_by", "FLOAT")], ["IMAGE"]),
+    # custom sampling: the RS-FLUX workflows run SHARP Flux Sigmas through SamplerCustomAdvanced
+    "RandomNoise": _core([("noise_seed", "INT", {"control_after_generate": True})], ["NOISE"]),
+    "KSamplerSelect": _core([("sampler_name", "COMBO")], ["SAMPLER"]),
+    "BasicGuider": _core([("model", "MODEL"), ("conditioning", "CONDITIONING")], ["GUIDER"]),
+    "SamplerCustomAdvanced": _core([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                                    ("sigmas", "SIGMAS"), ("latent_image", "LATENT")], ["LATENT", "LATENT"]),
 }
 
 # Core nodes of the per-family workflows (workflows/family_*.json). Kept apart from CORE_OBJECT_INFO because

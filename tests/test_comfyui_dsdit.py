@@ -228,7 +228,7 @@ def test_workflow_runs(server):
             (img,) = hist["outputs"][nid]["images"]
             with Image.open(os.path.join(server.base, "output", img.get("subfolder", ""), img["filename"])) as im:
                 sizes[n["inputs"]["filename_prefix"]] = im.size
-    assert sizes == {"sharp_dsdit_sr": (480, 480), "sharp_dsdit_bicubic_sr_ref": (3 * 480, 480)}
+    assert sizes == {"SHARP/dsdit_sr": (480, 480), "SHARP/dsdit_bicubic_sr_ref": (3 * 480, 480)}
 
 
 def test_ref_of_other_size_is_resized(server):

@@ -217,6 +217,9 @@ def test_pack_loads_in_server(server):
         assert oi[node_id]["category"].startswith("SHARP/")
     assert oi["SHARPLoadRSFlux"]["input"]["required"]["folder"][0] == [BROKEN, STANDIN] or \
         sorted(oi["SHARPLoadRSFlux"]["input"]["required"]["folder"][1].get("options", [])) == [BROKEN, STANDIN]
+    if "search_aliases" in server.object_info["KSampler"]:  # ComfyUI >= 0.14: the node search matches these
+        assert {"rope", "dype", "yarn", "hires"} <= set(oi["SHARPResolutionPromotion"]["search_aliases"])
+        assert {"super resolution", "upscale"} <= set(oi["SHARPDSDiTReferenceSR"]["search_aliases"])
     lines = [line for line in server.log_tail(200000).splitlines() if "comfyui-sharp" in line]
     assert lines and not any("IMPORT FAILED" in line for line in lines), lines
 
@@ -256,7 +259,7 @@ def _tiny(api: dict) -> dict:
         elif t == "EmptySD3LatentImage":
             inp["width"] = max(64, round(inp["width"] / 64) * 16)
             inp["height"] = max(64, round(inp["height"] / 64) * 16)
-        elif t == "KSampler":
+        elif t in ("KSampler", "SHARPFluxSigmas"):
             inp["steps"] = 2
         elif t == "SHARPResolutionPromotion":
             inp["base_resolution"] = 256

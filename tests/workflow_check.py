@@ -221,3 +221,71 @@ def check_twin(ui: dict, api: dict, object_info: dict, name: str = "workflow") -
         if expect != api[nid]["inputs"]:
             problems.append(f"{name}: node {nid} ({node['type']}) inputs differ: UI {expect} vs API {api[nid]['inputs']}")
     return problems
+
+
+# --- how ComfyUI serves templates and how the frontend draws nodes (used by tests/test_example_workflows.py) --
+
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+"""ComfyUI (app/custom_node_manager.py) serves /api/workflow_templates/<pack>/ from each of these that exists,
+in this order, under one prefix: the first that exists answers every request."""
+
+
+def template_folder(pack_dir: str = ROOT) -> str | None:
+    for name in TEMPLATE_FOLDERS:
+        if os.path.exists(os.path.join(pack_dir, name)):
+            return os.path.join(pack_dir, name)
+    return None
+
+
+# LiteGraph's drawing constants as the ComfyUI frontend (1.39.14 and 1.49.6, measured in Chromium from
+# node.computeSize() of freshly created nodes) uses them: the title bar sits above node.pos; the body holds
+# max(link inputs, outputs) slot rows, then the widgets.
+TITLE_H = 30
+SLOT_H = 20
+WIDGET_H = 24           # 20 px widget + 4 px spacing
+WIDGETS_PAD = 8         # below the last widget
+BODY_PAD = 6
+MULTILINE_H = 62        # a multiline text widget's minimum (CLIPTextEncode, Note)
+
+
+def min_body_size(node: dict) -> tuple[float, float]:
+    """The smallest body the frontend draws for a saved node, from its slots and widget values (a lower
+    bound: nodes are drawn at max(saved size, this))."""
+    links = [i for i in node.get("inputs", []) if not i.get("widget")]
+    rows = max(len(links), len(node.get("outputs", [])))
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict):  # some nodes save their widgets by name
+        values = list(values.values())
+    multiline = node["type"] in VIRTUAL_NODES or node["type"] == "CLIPTextEncode"
+    h = BODY_PAD + SLOT_H * rows
+    if values:
+        h += (MULTILINE_H if multiline else WIDGET_H * len(values)) + WIDGETS_PAD
+    return 140.0, float(h)
+
+
+def drawn_rect(node: dict) -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the node as drawn, title bar included."""
+    mw, mh = min_body_size(node)
+    w, h = node.get("size") or (0, 0)
+    if isinstance(node.get("size"), dict):  # very old workflows: {"0": w, "1": h}
+        w, h = node["size"]["0"], node["size"]["1"]
+    x, y = node["pos"] if not isinstance(node["pos"], dict) else (node["pos"]["0"], node["pos"]["1"])
+    return float(x), float(y) - TITLE_H, max(float(w), mw), max(float(h), mh) + TITLE_H
+
+
+def overlaps(rects: dict, gap: float = 0.0) -> list[tuple]:
+    """Pairs (id_a, id_b) of rectangles {id: (x, y, w, h)} that overlap (closer than gap)."""
+    out = []
+    items = sorted(rects.items(), key=lambda kv: str(kv[0]))
+    for i, (a, (ax, ay, aw, ah)) in enumerate(items):
+        for b, (bx, by, bw, bh) in items[i + 1:]:
+            if ax < bx + bw + gap and bx < ax + aw + gap and ay < by + bh + gap and by < ay + ah + gap:
+                out.append((a, b))
+    return out
+
+
+def check_layout(wf: dict, name: str = "workflow") -> list[str]:
+    rects = {n["id"]: drawn_rect(n) for n in wf.get("nodes", [])}
+    types = {n["id"]: n["type"] for n in wf.get("nodes", [])}
+    return [f"{name}: node {a} ({types[a]}) overlaps node {b} ({types[b]}) as drawn: {rects[a]} vs {rects[b]}"
+            for a, b in overlaps(rects)]
