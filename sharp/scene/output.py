@@ -1,0 +1,109 @@
+"""The output file: a partial tiled GeoTIFF while running, the finished (COG) file at the end.
+
+Pixels go to `OUT.partial` (never a name that looks finished). `flush` closes and reopens it so
+that everything written so far is on disk before the journal records it. `finish` builds
+overviews (average, nodata-aware) and either converts to a Cloud-Optimized GeoTIFF with
+rio-cogeo (validated with its cog_validate) or keeps the tiled GeoTIFF, then renames it to OUT:
+only a complete file ever carries the final name. Carried over from the LR: CRS, transform
+(refined by the scale), nodata, dtype, dataset tags, and per band its description, colour
+interpretation, tags, units, scale and offset.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import SceneError
+from .grid import Grid
+
+BLOCK = 512
+
+
+def create(path: Path, lr, grid: Grid, bands: Sequence[int], tags: dict):
+    import rasterio
+    profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(bands),
+                   dtype=lr.dtypes[bands[0] - 1], crs=grid.crs, transform=grid.transform,
+                   nodata=lr.nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                   compress="deflate", interleave="pixel", BIGTIFF="IF_SAFER")
+    if len(bands) == 3 and profile["dtype"] in ("uint8", "uint16"):
+        profile["photometric"] = "RGB" if [lr.colorinterp[b - 1].name for b in bands] == \
+            ["red", "green", "blue"] else "MINISBLACK"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.update_tags(**lr.tags(), **tags)
+        ci = []
+        for i, b in enumerate(bands, start=1):
+            if lr.descriptions[b - 1]:
+                dst.set_band_description(i, lr.descriptions[b - 1])
+            if lr.units and lr.units[b - 1]:
+                dst.set_band_unit(i, lr.units[b - 1])
+            dst.update_tags(i, **lr.tags(b))
+            ci.append(lr.colorinterp[b - 1])
+        try:
+            dst.colorinterp = ci
+        except Exception:    # a combination GTiff cannot store (e.g. 2 x red): keep defaults
+            pass
+        if any(s != 1 for s in lr.scales) or any(o != 0 for o in lr.offsets):
+            dst.scales = [lr.scales[b - 1] for b in bands]
+            dst.offsets = [lr.offsets[b - 1] for b in bands]
+    return open_update(path)
+
+
+def open_update(path: Path):
+    import rasterio
+    try:
+        return rasterio.open(path, "r+")
+    except Exception as err:
+        raise SceneError(f"cannot reopen the partial output {path} ({err}); it may be damaged: "
+                         "start over with --overwrite") from None
+
+
+def flush(ds):
+    """Close (GDAL writes its caches and the TIFF directory) and reopen; fsync the file."""
+    path = ds.name
+    ds.close()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return open_update(Path(path))
+
+
+def overview_factors(width: int, height: int, smallest: int = BLOCK) -> list[int]:
+    out, f = [], 2
+    while max(width, height) / f >= smallest / 2 and f <= 1024:
+        out.append(f)
+        f *= 2
+    return out
+
+
+def finish(partial: Path, out: Path, cog: bool) -> Optional[list[str]]:
+    """Turn the complete partial file into OUT (atomically); returns COG warnings if any."""
+    import rasterio
+    from rasterio.enums import Resampling
+    if cog:
+        from rio_cogeo.cogeo import cog_translate, cog_validate
+        from rio_cogeo.profiles import cog_profiles
+        tmp = Path(str(out) + ".cog-partial")
+        cog_translate(str(partial), str(tmp), cog_profiles.get("deflate"),
+                      overview_resampling="average", forward_band_tags=True,
+                      forward_ns_tags=True, quiet=True, in_memory=False,
+                      config={"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "1"})
+        ok, errors, warnings = cog_validate(str(tmp), quiet=True)
+        if not ok:
+            raise SceneError(f"the COG written to {tmp} does not validate: {errors}")
+        os.replace(tmp, out)
+        partial.unlink()
+        return warnings
+    with rasterio.open(partial, "r+") as ds:
+        factors = overview_factors(ds.width, ds.height)
+        if factors:
+            ds.build_overviews(factors, Resampling.average)
+    os.replace(partial, out)
+    return None
+
+
+def run_tags(settings: dict) -> dict:
+    return {"SHARP_REFSR_SCENE": json.dumps(settings, sort_keys=True)}

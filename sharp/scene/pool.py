@@ -1,0 +1,169 @@
+"""Where tiles run: in this process, or on Ray workers (one model each), results to the driver.
+
+Both pools take TileJobs and yield (job index, result) as tiles finish; the driver blends and
+writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
+model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
+shared file system), pins torch to `threads` per worker, and resubmits a tile whose worker died
+(Ray restarts the worker) up to `retries` times; a tile is never written twice because the
+blend ignores a second result for the same tile.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Callable, Iterable, Iterator, Optional
+
+from .errors import SceneError
+from .tile import TileJob, TileSettings, empty_result, run_tile
+
+
+class LocalPool:
+    """Tiles run one by one in this process, on an already loaded model."""
+
+    workers = 1
+
+    def __init__(self, model, settings: TileSettings, vae=None,
+                 on_step: Optional[Callable[[], None]] = None):
+        from sharp.refsr.space import WorkingSpace
+        self.model, self.settings, self.on_step = model, settings, on_step
+        self.space = WorkingSpace(model.cfg, vae)
+        self.retried = 0
+
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
+        for job in jobs:
+            if job.lr is None:                      # all nodata: nothing to compute
+                yield job.index, empty_result(job, self.settings)
+            else:
+                yield job.index, run_tile(self.model, self.space, job, self.settings, self.on_step)
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """Ray actor body: one model, tiles in, pieces out."""
+
+    def __init__(self, payload: dict, settings: TileSettings, threads: int, device: str):
+        import torch
+        from safetensors.torch import load
+
+        from sharp.refsr.checkpoint import check_state
+        from sharp.refsr.config import DSDiTConfig
+        from sharp.refsr.model import DSDiT
+        from sharp.refsr.space import WorkingSpace
+
+        torch.set_num_threads(max(1, int(threads)))
+        cfg = DSDiTConfig.from_json(payload["config"])
+        state = load(payload["tensors"])
+        model = DSDiT(cfg)
+        check_state(cfg, state, model, "checkpoint sent to the worker")
+        model.load_state_dict(state)
+        self.model = model.to(device).eval()
+        self.space = WorkingSpace(cfg)
+        self.settings = settings
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: TileJob) -> tuple[int, dict]:
+        import torch
+        with torch.no_grad():
+            return job.index, run_tile(self.model, self.space, job, self.settings)
+
+
+def model_payload(model) -> dict:
+    """The model as bytes for the workers: safetensors tensors + config JSON."""
+    from safetensors.torch import save
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return {"tensors": save(sd), "config": model.cfg.to_json()}
+
+
+class RayPool:
+    """Tiles on `workers` Ray actors (local Ray by default; `address` joins a cluster)."""
+
+    def __init__(self, model, settings: TileSettings, workers: int, threads: int = 1,
+                 address: Optional[str] = None, device: str = "cpu", retries: int = 3):
+        try:
+            import ray
+        except ImportError:
+            raise SceneError("Ray is not installed: pip install 'comfyui-sharp[geo]' (or "
+                             "pip install ray), or run with --workers 0 (in this process)") from None
+        if model.cfg.space != "pixel":
+            raise SceneError("Ray workers run pixel-space checkpoints only (a latent-space one "
+                             "needs its VAE in every worker): use --workers 0")
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=workers * max(1, threads), object_store_memory=256 << 20,
+                         runtime_env={"env_vars": {"PYTHONPATH": here}}, **kw)
+            self.started = True
+        gpus = 1 if device.startswith("cuda") else 0
+        actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
+                           max_task_retries=0)(_Worker)
+        payload = ray.put(model_payload(model))
+        self.actors = [actor.remote(payload, settings, threads, device) for _ in range(workers)]
+        self.workers = workers
+        self.retries = retries
+        self.retried = 0
+
+    def pids(self) -> list[int]:
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
+        ray = self.ray
+        from ray.exceptions import RayActorError, WorkerCrashedError
+        try:
+            from ray.exceptions import ActorUnavailableError
+            lost = (RayActorError, WorkerCrashedError, ActorUnavailableError)
+        except ImportError:
+            lost = (RayActorError, WorkerCrashedError)
+        it = iter(jobs)
+        free = deque(list(range(self.workers)) * 2)   # 2 in flight per worker
+        running: dict = {}          # ObjectRef -> (job, actor index, attempts)
+        queue: deque = deque()      # (job, attempts) to (re)submit
+        exhausted = False
+        while True:
+            while free and (queue or not exhausted):
+                if not queue:
+                    job = next(it, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    if job.lr is None:                  # all nodata: nothing to compute
+                        yield job.index, empty_result(job, self.settings)
+                        continue
+                    queue.append((job, 0))
+                job, tries = queue.popleft()
+                a = free.popleft()
+                running[self.actors[a].run.remote(job)] = (job, a, tries)
+            if not running:
+                return
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            job, a, tries = running.pop(ref)
+            free.append(a)
+            try:
+                index, result = ray.get(ref)
+            except lost as err:
+                if tries >= self.retries:
+                    raise SceneError(f"tile {job.index} failed on {tries + 1} workers in a row "
+                                     f"({type(err).__name__}); the completed windows are kept: "
+                                     "rerun with --resume") from None
+                self.retried += 1
+                queue.appendleft((job, tries + 1))
+                continue
+            yield index, result
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:
+                pass
+        if self.started:
+            self.ray.shutdown()
