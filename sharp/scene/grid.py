@@ -20,7 +20,7 @@ class Grid:
 
     def window_transform(self, row0: int, col0: int):
         from affine import Affine
-        return self.transform * Affine.translation(col0, row0)
+        return self.transform @ Affine.translation(col0, row0)
 
 
 def open_raster(path, what: str):
@@ -53,7 +53,7 @@ def open_raster(path, what: str):
 
 def output_grid(lr, scale: int) -> Grid:
     from affine import Affine
-    return Grid(lr.crs, lr.transform * Affine.scale(1.0 / scale), lr.width * scale,
+    return Grid(lr.crs, lr.transform @ Affine.scale(1.0 / scale), lr.width * scale,
                 lr.height * scale)
 
 

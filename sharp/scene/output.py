@@ -71,9 +71,12 @@ def flush(ds):
     return open_update(Path(path))
 
 
-def overview_factors(width: int, height: int, smallest: int = BLOCK) -> list[int]:
+OVERVIEW_SIDE = 256     # overviews halve the image until its long side is at most this
+
+
+def overview_factors(width: int, height: int) -> list[int]:
     out, f = [], 2
-    while max(width, height) / f >= smallest / 2 and f <= 1024:
+    while max(width, height) / (f // 2) > OVERVIEW_SIDE and f <= 4096:
         out.append(f)
         f *= 2
     return out
@@ -87,8 +90,10 @@ def finish(partial: Path, out: Path, cog: bool) -> Optional[list[str]]:
         from rio_cogeo.cogeo import cog_translate, cog_validate
         from rio_cogeo.profiles import cog_profiles
         tmp = Path(str(out) + ".cog-partial")
+        with rasterio.open(partial) as ds:
+            levels = len(overview_factors(ds.width, ds.height))
         cog_translate(str(partial), str(tmp), cog_profiles.get("deflate"),
-                      overview_resampling="average", forward_band_tags=True,
+                      overview_resampling="average", overview_level=levels, forward_band_tags=True,
                       forward_ns_tags=True, quiet=True, in_memory=False,
                       config={"GDAL_TIFF_INTERNAL_MASK": True, "GDAL_NUM_THREADS": "1"})
         ok, errors, warnings = cog_validate(str(tmp), quiet=True)

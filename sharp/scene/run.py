@@ -99,12 +99,15 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
                         overwrite: bool = False, cog: bool = True, min_overlap: float = 0.25,
                         progress: Optional[Callable[[int, int, int, float], None]] = None,
                         should_stop: Optional[Callable[[], bool]] = None, vae=None,
-                        pool_hook: Optional[Callable] = None) -> dict:
+                        pool_hook: Optional[Callable] = None,
+                        commit_seconds: float = COMMIT_SECONDS) -> dict:
     """Super-resolve the GeoTIFF scene lr_path with the reference scene ref_path (None: LR-only)
     into out_path. model: a loaded DS-DiT (else checkpoint, else the shipped one). bands /
     ref_bands: see sharp.scene.bands; extra: "bicubic" (other LR bands upsampled bicubically,
     after the model's) or "drop". workers 0: in this process; N: N Ray workers (address: a Ray
-    cluster). progress(tiles_done, tiles_total, pixels_written, seconds). Returns a summary."""
+    cluster). progress(tiles_done, tiles_total, pixels_written, seconds); should_stop() is asked
+    between tiles; commit_seconds: how often the partial file is flushed and the journal
+    appended. Returns a summary."""
     from sharp.refsr.api import DEFAULT_CHECKPOINT, default_ref_transfer, default_temperature
     from sharp.refsr.checkpoint import load_dsdit
     from sharp.refsr.stages import tile_geometry
@@ -266,7 +269,7 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
                 n_done += 1
                 if progress is not None:
                     progress(n_done, len(todo), written, time.perf_counter() - t_run)
-                if time.perf_counter() - last_commit > COMMIT_SECONDS:
+                if time.perf_counter() - last_commit >= commit_seconds:
                     commit()
                 if should_stop is not None and should_stop():
                     raise Stopped()
