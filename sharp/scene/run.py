@@ -12,6 +12,7 @@ strips waiting for their neighbours, whatever the scene size.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -157,9 +158,10 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
                        guidance=float(guidance), seed=int(seed), temperature=temp, ref_transfer=gain,
                        register=bool(register), tile=tile, overlap=overlap, cog=bool(cog))
         fingerprint = dict(lr=file_id(lr_path), ref=file_id(ref_path) if ref else None,
-                           model=_model_hash(model), options=options,
+                           model=_model_hash(model), **options,
                            grid=[grid.width, grid.height, list(grid.transform)[:6], grid.crs.to_wkt()],
                            tiles=len(tiles), cells=len(cells))
+        fingerprint = json.loads(json.dumps(fingerprint))       # as the journal stores it
         need = grid.width * grid.height * len(out_bands + extras) * np.dtype(lr.dtypes[0]).itemsize
         free = shutil.disk_usage(out.parent).free
         if free < need // 4:
@@ -235,7 +237,7 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
             block = np.concatenate([block, ex])
         write_window(ds, block, c.y0, c.x0)
 
-    if workers == 0:
+    if workers == 0 or not todo:
         pool = LocalPool(model, settings, vae)
     else:
         pool = RayPool(model, settings, workers, threads, address, device)
@@ -297,21 +299,30 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
         lr.close()
         if ref is not None:
             ref.close()
-        full = isinstance(err, OSError) and err.errno == 28 or "space" in str(err).lower()
-        raise SceneError(f"writing {part} failed ({err}){': the disk is full' if full else ''}; "
+        why = output.reasons(err)
+        full = any(k in why.lower() for k in ("no space", "too large", "disk full", "quota"))
+        raise SceneError(f"writing {part} failed ({why}){': the disk is full' if full else ''}; "
                          "the run stopped cleanly and the completed windows are in the journal: "
                          "free space and rerun with --resume") from err
     lr.close()
     if ref is not None:
         ref.close()
-    warnings = output.finish(part, out, cog)
+    try:
+        warnings = output.finish(part, out, cog)
+    except Exception as err:
+        Path(str(out) + ".cog-partial").unlink(missing_ok=True)
+        raise SceneError(f"all {len(cells)} windows are computed, but writing the final {out} "
+                         f"failed ({output.reasons(err)}); {part.name} and {jpath.name} are "
+                         "kept: free disk space and rerun with --resume (no tile is recomputed)"
+                         ) from None
     journal.remove()
     seconds = time.perf_counter() - t_start
     run_s = time.perf_counter() - t_run
     return {"output": str(out), "width": grid.width, "height": grid.height,
             "bands": len(out_bands) + len(extras), "tiles": len(tiles), "tiles_run": n_done,
             "tiles_skipped_nodata": skipped[0], "tiles_retried": pool.retried,
-            "cells": len(cells), "cells_resumed": len(done_cells), "seconds": seconds,
+            "cells": len(cells), "cells_resumed": len(done_cells),
+            "cells_written": len(blender.done) - len(done_cells), "seconds": seconds,
             "mpx_per_s": new_px / 1e6 / max(run_s, 1e-9), "workers": workers, "cog": cog,
             "cog_warnings": warnings or [], "coverage": figures.get("coverage"),
             "driver_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
