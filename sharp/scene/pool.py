@@ -105,8 +105,10 @@ class RayPool:
         gpus = 1 if device.startswith("cuda") else 0
         actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
                            max_task_retries=0)(_Worker)
-        payload = ray.put(model_payload(model))
-        self.actors = [actor.remote(payload, settings, threads, device) for _ in range(workers)]
+        # held for the pool's life: a restarted worker is built from it again
+        self.payload = ray.put(model_payload(model))
+        self.actors = [actor.remote(self.payload, settings, threads, device)
+                       for _ in range(workers)]
         self.workers = workers
         self.retries = retries
         self.retried = 0

@@ -34,7 +34,7 @@ from .journal import Journal, file_id, journal_path, partial_path
 from .nodata import FILL_RADIUS, output_valid
 from .plan import lr_window, make_cells, make_tiles
 from .pool import LocalPool, RayPool
-from .tile import TileJob, TileSettings, empty_result
+from .tile import TileJob, TileSettings, empty_result, tensor
 from .windows import read_lr, read_ref, ref_resampling, write_window
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
     try:
         try:
             for index, result in pool.run(jobs()):
-                arrays = {k: torch.from_numpy(v) for k, v in result.items()}
+                arrays = {k: tensor(v) for k, v in result.items()}
                 for c, blended in blender.add(index, arrays):
                     write_cell(c, blended)
                     blender.mark_done(c.index)

@@ -55,6 +55,11 @@ class TileJob:
     extra: Optional[np.ndarray] = None    # [E, rows, cols] float32 native values
 
 
+def tensor(a: np.ndarray) -> torch.Tensor:
+    """numpy -> torch without sharing a read-only buffer (arrays from Ray's object store)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def _window_up(img: torch.Tensor, job: TileJob, scale: int, clamp: bool) -> torch.Tensor:
     """Bicubic x scale of an LR window [1, C, rows, cols], cropped to the tile's box."""
     rows, cols = img.shape[-2:]
@@ -84,8 +89,8 @@ def run_tile(model, space, job: TileJob, st: TileSettings,
              callback: Optional[Callable[[], None]] = None) -> dict[str, np.ndarray]:
     """{"sr": [3, h, w] in [0, 1], "gated": [3, h, w] (with a transfer), "extra": [E, h, w]}."""
     s = st.scale
-    lr = torch.from_numpy(job.lr)[None]
-    valid = None if job.lr_valid is None else torch.from_numpy(job.lr_valid)[None, None]
+    lr = tensor(job.lr)[None]
+    valid = None if job.lr_valid is None else tensor(job.lr_valid)[None, None]
     if valid is not None and not bool(valid.all()):
         lr = fill_holes(lr, valid)
     up = _window_up(lr, job, s, clamp=True)
@@ -93,7 +98,7 @@ def run_tile(model, space, job: TileJob, st: TileSettings,
     th, tw = job.size
     ref = conf = gated = None
     if job.ref is not None:
-        r = torch.from_numpy(job.ref)[None]
+        r = tensor(job.ref)[None]
         have = ~torch.isnan(r).any(1, keepdim=True)
         if bool(have.any()):
             r = torch.where(have, r, up)
@@ -115,7 +120,7 @@ def run_tile(model, space, job: TileJob, st: TileSettings,
     if st.gain > 0:        # zeros where the tile has no Ref: every tile gives the same arrays
         out["gated"] = gated[0].numpy() if gated is not None else np.zeros_like(out["sr"])
     if job.extra is not None:
-        ex = torch.from_numpy(job.extra)[None]
+        ex = tensor(job.extra)[None]
         if valid is not None and not bool(valid.all()):
             ex = fill_holes(ex, valid)
         out["extra"] = _window_up(ex, job, s, clamp=False)[0].numpy()
