@@ -10,11 +10,12 @@ from comfy_api.latest import ComfyExtension, io
 from .dsdit import DSDiTReferenceSR, LoadDSDiT
 from .loader import LoadRSFlux
 from .resolution import ResolutionPromotion
+from .scene import DSDiTSceneSR
 from .schedule_preview import SchedulePreview
 from .spectrum import SpectrumAnalysis
 
 NODES: list[type[io.ComfyNode]] = [ResolutionPromotion, LoadRSFlux, SpectrumAnalysis, SchedulePreview, LoadDSDiT,
-                                   DSDiTReferenceSR]
+                                   DSDiTReferenceSR, DSDiTSceneSR]
 
 
 class SharpExtension(ComfyExtension):

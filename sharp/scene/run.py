@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LR_HALO = 2 + FILL_RADIUS          # bicubic taps + hole filling, LR pixels
 COMMIT_SECONDS = 10.0              # flush + journal at most this often (and at the end)
+GDAL_CACHE_MB = 64
 
 
 class Stopped(Exception):
@@ -89,7 +90,16 @@ def _paths(out, resume, overwrite):
     return out, part, jpath
 
 
-def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None, *, scale: int = 4,
+def super_resolve_scene(*args, **kwargs) -> dict:
+    """Super-resolve the GeoTIFF scene lr_path with the reference scene ref_path (None: LR-only)
+    into out_path; see `_super_resolve_scene` for the options. GDAL's block cache is capped at
+    GDAL_CACHE_MB for the run (its default, 5% of RAM, would grow with the scene)."""
+    import rasterio
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _super_resolve_scene(*args, **kwargs)
+
+
+def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None, *, scale: int = 4,
                         bands: Optional[str] = None, ref_bands: Optional[str] = None,
                         extra: str = "bicubic", value_range: Optional[str] = None,
                         ref_range: Optional[str] = None, steps: int = 20, guidance: float = 1.0,
