@@ -247,14 +247,7 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
             block = np.concatenate([block, ex])
         write_window(ds, block, c.y0, c.x0)
 
-    if workers == 0 or not todo:
-        pool = LocalPool(model, settings, vae)
-    else:
-        pool = RayPool(model, settings, workers, threads, address, device)
-    if pool_hook is not None:
-        pool_hook(pool)
     written = sum(cells[c].pixels for c in done_cells)
-    total_px = grid.width * grid.height
     pending: list[int] = []
     last_commit = time.perf_counter()
     t_run = time.perf_counter()
@@ -268,8 +261,15 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
         pending.clear()
         last_commit = time.perf_counter()
 
+    pool = None
     try:
         try:
+            if workers == 0 or not todo:
+                pool = LocalPool(model, settings, vae)
+            else:
+                pool = RayPool(model, settings, workers, threads, address, device)
+            if pool_hook is not None:
+                pool_hook(pool)
             for index, result in pool.run(jobs()):
                 arrays = {k: tensor(v) for k, v in result.items()}
                 for c, blended in blender.add(index, arrays):
@@ -286,7 +286,8 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
                 if should_stop is not None and should_stop():
                     raise Stopped()
         finally:
-            pool.close()
+            if pool is not None:
+                pool.close()
         if len(blender.done) != len(cells):
             raise SceneError(f"internal error: {len(cells) - len(blender.done)} cells not written")
         commit()
@@ -303,6 +304,9 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
         raise SceneError(msg) from None
     except SceneError:
         _safe_commit(commit, ds)
+        lr.close()
+        if ref is not None:
+            ref.close()
         raise
     except Exception as err:      # GDAL write errors: disk full, file removed, ...
         _safe_commit(commit, ds, drop=pending)

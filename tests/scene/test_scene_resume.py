@@ -109,3 +109,29 @@ def test_disk_full(tmp_path, scene):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.tif"]
     with rasterio.open(out) as ds:
         assert ds.width == 240 and ds.read().std() > 10
+
+
+def test_killed_driver_resumes(tmp_path, scene):
+    """SIGKILL of the running command (no chance to clean up): the journal lists only windows
+    that were on disk, and --resume finishes with the uninterrupted run's pixels."""
+    import time
+    a, b, full = scene
+    out = tmp_path / "sr.tif"
+    args = ["--lr", a, "--ref", b, "--out", out, "--tile", 96, "--overlap", 32, "--no-cog",
+            "--commit-every", 0]
+    proc = subprocess.Popen([sys.executable, "-m", "sharp", "refsr-scene", "--workers", "0",
+                             "--steps", "1", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    jpath = tmp_path / "sr.tif.refsr-journal"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if jpath.exists() and len(jpath.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not out.exists() and len(journal_cells(jpath)) > 0
+    r = cli([*args, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read(out), full)
