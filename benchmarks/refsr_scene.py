@@ -12,7 +12,8 @@ side in one run:
     driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded);
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
-Every run uses one torch thread per worker. The model is the shipped small checkpoint; to keep
+Every run uses one torch thread per worker. A child also writes its figures so far to
+OUT.progress.json after every tile, so a run cut short still reports memory and speed. The model is the shipped small checkpoint; to keep
 the run short the defaults are 1 Euler step and the reference detail transfer off (its local
 block matching costs ~3x the network at 1 step); pass --steps / --ref-transfer to change that.
 Ratios printed at the end: RSS at the largest size / at the smallest (goal <= 1.10), 2 workers
@@ -107,9 +108,16 @@ def child_scene(args) -> dict:
             pids.extend(pool.pids())          # waits for the workers to be up
         setup["s"] = time.perf_counter() - t0
 
+    side = Path(str(args.out) + ".progress.json")     # figures so far, for runs cut short
+
+    def progress(done, total, pixels, seconds):
+        side.write_text(json.dumps({"tiles_done": done, "tiles": total, "mpx": pixels / 1e6,
+                                    "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
+                                    "peak_rss_mib": peak[0] / 2**20}))
+
     s = super_resolve_scene(args.lr, args.ref, args.out, model, steps=args.steps,
                             ref_transfer=args.ref_transfer, workers=args.w, threads=1,
-                            overwrite=True, pool_hook=hook, cog=False)
+                            overwrite=True, pool_hook=hook, cog=False, progress=progress)
     stop.set()
     th.join()
     return {"mpx_per_s": s["mpx_per_s"], "seconds": s["seconds"], "setup_s": setup.get("s"),

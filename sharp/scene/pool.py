@@ -112,6 +112,13 @@ class RayPool:
         self.workers = workers
         self.retries = retries
         self.retried = 0
+        try:                          # wait until every worker holds its model
+            self.worker_pids = ray.get([w.pid.remote() for w in self.actors], timeout=600)
+        except Exception as err:
+            self.close()
+            raise SceneError(f"the Ray workers did not start ({type(err).__name__}: {err}); on a "
+                             "cluster, sharp (comfyui-sharp[geo]) must be installed on every "
+                             "node") from None
 
     def pids(self) -> list[int]:
         return self.ray.get([a.pid.remote() for a in self.actors])

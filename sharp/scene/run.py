@@ -270,6 +270,7 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
                 pool = RayPool(model, settings, workers, threads, address, device)
             if pool_hook is not None:
                 pool_hook(pool)
+            t_run = time.perf_counter()             # throughput without Ray's start-up
             for index, result in pool.run(jobs()):
                 arrays = {k: tensor(v) for k, v in result.items()}
                 for c, blended in blender.add(index, arrays):
