@@ -27,7 +27,8 @@ PARTIAL_BLOCK = 256   # block side of the uncompressed partial file
 
 
 def create(path: Path, lr, grid: Grid, bands: Sequence[int], tags: dict):
-    import rasterio
+    """The partial file for the grid, with the LR's metadata for `bands`, reserved in full and
+    opened for update."""
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(bands),
                    dtype=lr.dtypes[bands[0] - 1], crs=grid.crs, transform=grid.transform,
                    nodata=lr.nodata, tiled=True, blockxsize=PARTIAL_BLOCK,

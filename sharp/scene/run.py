@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import resource
 import shutil
 import time
@@ -34,7 +33,7 @@ from .journal import Journal, file_id, journal_path, partial_path
 from .nodata import FILL_RADIUS, output_valid
 from .plan import lr_window, make_cells, make_tiles
 from .pool import LocalPool, RayPool
-from .tile import TileJob, TileSettings, empty_result, tensor
+from .tile import TileJob, TileSettings, tensor
 from .windows import read_lr, read_ref, ref_resampling, write_window
 
 log = logging.getLogger(__name__)

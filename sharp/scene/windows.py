@@ -8,7 +8,7 @@ come back as NaN: no reference there.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
