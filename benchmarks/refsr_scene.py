@@ -158,6 +158,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--ref-transfer", type=float, default=0.0)
+    ap.add_argument("--memory-size", type=int, default=None,
+                    help="size of the in-memory super_resolve comparison (default: the smallest "
+                         "size; 0: skip it, e.g. when measuring large sizes on their own)")
     ap.add_argument("--dir", help="where the scenes go (default: a temporary folder)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -181,7 +184,7 @@ def main() -> None:
     common = {"steps": args.steps, "ref-transfer": args.ref_transfer}
     for size in args.sizes:
         lr, ref = make_scene(folder, size)
-        if size == min(args.sizes):
+        if size == (min(args.sizes) if args.memory_size is None else args.memory_size):
             r = run_child("memory", lr=lr, ref=ref, **common)
             results["runs"].append({"size": size, "path": "in-memory super_resolve", **r})
             print(f"{size}^2 in-memory: {r['mpx_per_s']:.3f} Mpx/s, max RSS "
