@@ -4,12 +4,14 @@ Both pools take TileJobs and yield (job index, result) as tiles finish; the driv
 writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
 model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
 shared file system), pins torch to `threads` per worker, and resubmits a tile whose worker died
-(Ray restarts the worker) up to `retries` times; a tile is never written twice because the
-blend ignores a second result for the same tile.
+to a live worker (up to `retries` times), while Ray restarts the dead one, which gets tiles
+again once a probe call answers; a tile is never written twice because the blend ignores a
+second result for the same tile.
 """
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -78,6 +80,16 @@ def model_payload(model) -> dict:
     return {"tensors": save(sd), "config": model.cfg.to_json()}
 
 
+RESTART_WAIT_S = 300.0    # how long a restarting worker may take to come back
+
+
+def _lost_errors() -> tuple:
+    """Ray's exceptions for a task lost with its worker (names differ across Ray versions)."""
+    import ray.exceptions as rex
+    names = ("RayActorError", "WorkerCrashedError", "ActorUnavailableError", "ActorDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
 class RayPool:
     """Tiles on `workers` Ray actors (local Ray by default; `address` joins a cluster)."""
 
@@ -124,16 +136,16 @@ class RayPool:
         return self.ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
+        """Yield (index, result) as tiles finish. A worker whose task failed is probed (a cheap
+        call) until Ray has restarted it, and gets no tiles meanwhile; its tiles go back to the
+        queue for any live worker, each at most `retries` times."""
         ray = self.ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
-        try:
-            from ray.exceptions import ActorUnavailableError
-            lost = (RayActorError, WorkerCrashedError, ActorUnavailableError)
-        except ImportError:
-            lost = (RayActorError, WorkerCrashedError)
+        lost = _lost_errors()
         it = iter(jobs)
-        free = deque(list(range(self.workers)) * 2)   # 2 in flight per worker
-        running: dict = {}          # ObjectRef -> (job, actor index, attempts)
+        free = deque(a for a in range(self.workers) for _ in range(2))   # 2 in flight per worker
+        running: dict = {}          # ObjectRef -> (job, worker, attempts)
+        probes: dict = {}           # ObjectRef -> (worker, deadline)
+        parked: dict[int, int] = {}  # worker -> slots waiting for it to come back
         queue: deque = deque()      # (job, attempts) to (re)submit
         exhausted = False
         while True:
@@ -150,22 +162,38 @@ class RayPool:
                 job, tries = queue.popleft()
                 a = free.popleft()
                 running[self.actors[a].run.remote(job)] = (job, a, tries)
-            if not running:
+            if not running and not (probes and queue):
                 return
-            done, _ = ray.wait(list(running), num_returns=1)
+            done, _ = ray.wait(list(running) + list(probes), num_returns=1)
             ref = done[0]
+            if ref in probes:
+                a, deadline = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                    free.extend([a] * parked.pop(a, 0))          # back in service
+                except lost:
+                    if time.monotonic() > deadline:
+                        raise SceneError(f"Ray worker {a} did not come back within "
+                                         f"{RESTART_WAIT_S} s; the completed windows are kept: "
+                                         "rerun with --resume") from None
+                    time.sleep(0.5)
+                    probes[self.actors[a].pid.remote()] = (a, deadline)
+                continue
             job, a, tries = running.pop(ref)
-            free.append(a)
             try:
                 index, result = ray.get(ref)
             except lost as err:
                 if tries >= self.retries:
-                    raise SceneError(f"tile {job.index} failed on {tries + 1} workers in a row "
+                    raise SceneError(f"tile {job.index} failed {tries + 1} times "
                                      f"({type(err).__name__}); the completed windows are kept: "
                                      "rerun with --resume") from None
                 self.retried += 1
                 queue.appendleft((job, tries + 1))
+                parked[a] = parked.get(a, 0) + 1
+                if not any(w == a for w, _ in probes.values()):
+                    probes[self.actors[a].pid.remote()] = (a, time.monotonic() + RESTART_WAIT_S)
                 continue
+            free.append(a)
             yield index, result
 
     def close(self) -> None:
