@@ -10,12 +10,13 @@ from comfy_api.latest import ComfyExtension, io
 from .dsdit import DSDiTReferenceSR, LoadDSDiT
 from .loader import LoadRSFlux
 from .resolution import ResolutionPromotion
+from .scene import DSDiTSceneSR
 from .schedule_preview import SchedulePreview
 from .sigmas import FluxSigmas
 from .spectrum import SpectrumAnalysis
 
 NODES: list[type[io.ComfyNode]] = [ResolutionPromotion, LoadRSFlux, SpectrumAnalysis, SchedulePreview, LoadDSDiT,
-                                   DSDiTReferenceSR, FluxSigmas]
+                                   DSDiTReferenceSR, FluxSigmas, DSDiTSceneSR]
 
 
 class SharpExtension(ComfyExtension):

@@ -149,9 +149,20 @@ class FolderPaths:
     def get_input_directory(cls):
         return cls.input_dir
 
+    input_dir = os.path.join(os.sep, "nonexistent", "comfyui", "input")
+    output_dir = os.path.join(os.sep, "nonexistent", "comfyui", "output")
+
     @classmethod
     def get_folder_paths(cls, key):
         return list(cls.roots.get(key, []))
+
+    @classmethod
+    def get_input_directory(cls):
+        return cls.input_dir
+
+    @classmethod
+    def get_output_directory(cls):
+        return cls.output_dir
 
     @classmethod
     def get_filename_list(cls, key):
@@ -258,6 +269,8 @@ def _modules() -> dict[str, types.ModuleType]:
     fp.get_filename_list, fp.get_full_path = FolderPaths.get_filename_list, FolderPaths.get_full_path
     fp.get_input_directory = FolderPaths.get_input_directory
     fp.models_dir, fp.folder_names_and_paths = FolderPaths.models_dir, _NamesAndPaths()
+    fp.get_input_directory, fp.get_output_directory = (FolderPaths.get_input_directory,
+                                                       FolderPaths.get_output_directory)
     # mark every fake as a package-less module with a spec so importlib.util.find_spec works
     mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
             "comfy.patcher_extension": pe, "comfy.sd": sd, "comfy.utils": utils, "comfy.model_management": mm,

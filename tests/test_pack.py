@@ -18,7 +18,7 @@ from flux_fixtures import tiny_diffusers_flux, write_diffusers_folder
 
 ROOT = fake.ROOT
 NODE_IDS = {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
-            "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas"}
+            "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas", "SHARPDSDiTSceneSR"}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import importlib
 import sys
 
 # Module names in this package, in the order `--help` lists them.
-COMMANDS = ("schedule", "spectrum", "convert", "refsr", "train_refsr", "calibrate_refsr", "batch", "batch_grid")
+COMMANDS = ("schedule", "spectrum", "convert", "refsr", "refsr_scene", "train_refsr", "calibrate_refsr",
+            "batch", "batch_grid")
 
 
 def build_parser() -> argparse.ArgumentParser:

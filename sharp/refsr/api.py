@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from .checkpoint import load_dsdit, sampling_defaults
 from .config import SAMPLING_BOUNDS, check_number
 from .data import upsample
-from .flow import euler_sample
 from .limits import check_request
 from .model import DSDiT
-from .registration import align_reference, refine_local
+from .registration import align_reference
 from .space import LatentCodec, WorkingSpace
+from .stages import condition_reference, initial_noise, pad_to, sample_tile
 from .tiling import run_tiled, tiles
-from .transfer import apply_transfer, gated_detail
+from .transfer import apply_transfer
 
 log = logging.getLogger(__name__)
 
@@ -145,30 +145,21 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     lr_t, ref_t, batched = prepare_inputs(lr, ref, scale)
     if scale != cfg.scale:
         log.info("checkpoint was trained for x%d, running x%d", cfg.scale, scale)
-    device = next(model.parameters()).device
     b, _, h, w = lr_t.shape
     height, width = scale * h, scale * w
     up = upsample(lr_t, (height, width))
     conf_t = gated = None
     if ref_t is not None:
-        ref_t, conf_t = align_reference(ref_t, up, scale, cfg.ref_align, register, cancel=cancel)
-        if gain:   # the transfer always copies from the locally aligned Ref
-            local = (ref_t, conf_t) if cfg.ref_align == "local" or not register else \
-                refine_local(ref_t, up, scale, cancel=cancel)
-            gated = gated_detail(*local, scale)
+        ref_t, conf_t, gated = condition_reference(ref_t, up, scale, cfg, register, bool(gain), cancel=cancel)
         check()
     space = WorkingSpace(cfg, vae)
     unit = cfg.unit
-    ph, pw = -height % unit, -width % unit                      # pad to whole tokens
-    if ph or pw:
-        up = F.pad(up, (0, pw, 0, ph), mode="replicate")
-        if ref_t is not None:
-            ref_t = F.pad(ref_t, (0, pw, 0, ph), mode="replicate")
-            conf_t = F.pad(conf_t, (0, pw, 0, ph), mode="replicate")
-    hp, wp = height + ph, width + pw
+    hp, wp = height + -height % unit, width + -width % unit     # pad to whole tokens
+    up = pad_to(up, hp, wp)
+    if ref_t is not None:
+        ref_t, conf_t = pad_to(ref_t, hp, wp), pad_to(conf_t, hp, wp)
     down = unit // cfg.patch                                    # pixels per working-grid cell
-    g = torch.Generator().manual_seed(int(seed))
-    noise = temperature * torch.randn(b, cfg.in_channels, hp // down, wp // down, generator=g)
+    noise = initial_noise(temperature, seed, b, cfg.in_channels, hp // down, wp // down)
     plan = tiles(hp, wp, tile, overlap)
     total, done = len(plan) * steps, [0]
 
@@ -179,15 +170,10 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
 
     def one_tile(y, x, th, tw):
         check()
-        up_z = space.encode(up[:, :, y:y + th, x:x + tw].to(device))
-        ref_z = conf = None
-        if ref_t is not None:
-            ref_z = space.encode(ref_t[:, :, y:y + th, x:x + tw].to(device))
-            conf = conf_t[:, :, y:y + th, x:x + tw].to(device)
-        x0 = noise[:, :, y // down:(y + th) // down, x // down:(x + tw) // down].to(device)
-        x1 = euler_sample(model, x0, up_z, ref_z, steps=steps, guidance=guidance, callback=tick,
-                          ref_conf=conf)
-        return space.decode(space.untarget(x1, up_z)).cpu()
+        win = (slice(None), slice(None), slice(y, y + th), slice(x, x + tw))
+        ref, conf = (None, None) if ref_t is None else (ref_t[win], conf_t[win])
+        x0 = noise[:, :, y // down:(y + th) // down, x // down:(x + tw) // down]
+        return sample_tile(model, space, up[win], ref, conf, x0, steps, guidance, tick)
 
     del lr_t
     out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp_(0, 1)

@@ -43,6 +43,13 @@ def check_lr_size(h: int, w: int) -> None:
                          "resize instead")
 
 
+def tile_geometry(tile: int, overlap: int, unit: int) -> tuple[int, int]:
+    """(tile, overlap) in output pixels rounded to whole tokens of `unit` pixels: tile down
+    (at least one token), overlap up (at most tile - unit)."""
+    tile = max(unit, int(tile) // unit * unit)
+    return tile, min(max(0, -(-int(overlap) // unit) * unit), tile - unit)
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, unit: int) -> tuple[int, int, int]:
     """(tile, overlap, number of tiles) in output pixels, rounded to whole tokens of `unit` px.
 
@@ -54,8 +61,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, unit: int) -> t
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap} px) must be smaller than the tile ({tile} px); "
                          f"use e.g. overlap {tile // 8} (at most tile / 2 is sensible)")
-    tile = max(unit, tile // unit * unit)
-    overlap = min(max(0, -(-overlap // unit) * unit), tile - unit)
+    tile, overlap = tile_geometry(tile, overlap, unit)
 
     def count(length):
         return 1 if length <= tile else math.ceil((length - tile) / (tile - overlap)) + 1

@@ -1,0 +1,226 @@
+"""GeoTIFF scene path (issue 12): peak memory and throughput vs scene size and worker count.
+
+    python benchmarks/refsr_scene.py [--sizes 2048 8192 16384] [--workers 1 2] [--steps 1]
+                                     [--ref-transfer 0] [--json out.json]
+
+For each output size S (x4, so an S/4 LR), synthetic LR and Ref GeoTIFFs are made once (a
+mosaic of RRSSRD LR / Ref images, EPSG:3857, the Ref on the output grid; written by strips),
+then `refsr-scene` runs in a fresh child process per (size, workers), and, at the smallest
+size, today's in-memory `super_resolve` on the same pixels in another child. Measured side by
+side in one run:
+  * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
+    driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded);
+  * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
+    reported separately as setup seconds), and of super_resolve for the in-memory run.
+Every run uses one torch thread per worker. A child also writes its figures so far to
+OUT.progress.json after every tile, so a run cut short still reports memory and speed. The model is the shipped small checkpoint; to keep
+the run short the defaults are 1 Euler step and the reference detail transfer off (its local
+block matching costs ~3x the network at 1 step); pass --steps / --ref-transfer to change that.
+Ratios printed at the end: RSS at the largest size / at the smallest (goal <= 1.10), 2 workers
+/ 1 worker throughput (goal >= 1.8 on this 2-core share), scene / in-memory per-pixel speed at
+the smallest size (goal >= 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rrssrd_dir() -> Path:
+    for p in (ROOT / ".." / "shared" / "data" / "rrssrd", Path("/work/shared/data/rrssrd")):
+        if (p / "val_1st").is_dir():
+            return p
+    raise SystemExit("RRSSRD data not found (shared/data/rrssrd beside the clone)")
+
+
+def make_scene(folder: Path, size: int, scale: int = 4) -> tuple[Path, Path]:
+    """LR (size/scale)^2 and Ref size^2 uint8 GeoTIFFs: mosaics of RRSSRD triplets."""
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    from PIL import Image
+    lr_path, ref_path = folder / f"lr_{size}.tif", folder / f"ref_{size}.tif"
+    if lr_path.exists() and ref_path.exists():
+        return lr_path, ref_path
+    root = rrssrd_dir() / "val_1st"
+    names = sorted(p.name for p in (root / "LR").iterdir())
+    lrs = [np.asarray(Image.open(root / "LR" / n).convert("RGB")) for n in names]
+    refs = [np.asarray(Image.open(root / "Ref" / n).convert("RGB")) for n in names]
+    px = 2.4
+    t = Affine(px, 0, 12_958_000.0, 0, -px, 4_852_000.0)
+    for path, imgs, side, tr in ((lr_path, lrs, size // scale, t),
+                                 (ref_path, refs, size, t @ Affine.scale(1 / scale))):
+        p = imgs[0].shape[0]
+        with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=3,
+                           dtype="uint8", crs="EPSG:3857", transform=tr, tiled=True,
+                           blockxsize=256, blockysize=256, compress="deflate") as dst:
+            for r, y in enumerate(range(0, side, p)):
+                h = min(p, side - y)
+                row = np.concatenate([imgs[(r * 7 + c) % len(imgs)] for c in range(-(-side // p))],
+                                     axis=1)[:h, :side]
+                dst.write(np.moveaxis(row, -1, 0), window=rasterio.windows.Window(0, y, side, h))
+    return lr_path, ref_path
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def child_scene(args) -> dict:
+    """One refsr-scene run (in this child process); returns its figures."""
+    import torch
+    from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit
+    from sharp.scene import super_resolve_scene
+    torch.set_num_threads(1)
+    model = load_dsdit(DEFAULT_CHECKPOINT)
+    pids, peak, stop = [os.getpid()], [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    setup = {}
+
+    def hook(pool):
+        if hasattr(pool, "pids"):
+            pids.extend(pool.pids())          # waits for the workers to be up
+        setup["s"] = time.perf_counter() - t0
+
+    side = Path(str(args.out) + ".progress.json")     # figures so far, for runs cut short
+
+    def progress(done, total, pixels, seconds):
+        side.write_text(json.dumps({"tiles_done": done, "tiles": total, "mpx": pixels / 1e6,
+                                    "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
+                                    "peak_rss_mib": peak[0] / 2**20}))
+
+    s = super_resolve_scene(args.lr, args.ref, args.out, model, steps=args.steps,
+                            ref_transfer=args.ref_transfer, workers=args.w, threads=1,
+                            overwrite=True, pool_hook=hook, cog=False, progress=progress)
+    stop.set()
+    th.join()
+    return {"mpx_per_s": s["mpx_per_s"], "seconds": s["seconds"], "setup_s": setup.get("s"),
+            "tiles": s["tiles"], "peak_rss_mib": max(peak[0], 0) / 2**20,
+            "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_memory(args) -> dict:
+    """Today's path: read both images whole, super_resolve in memory."""
+    import numpy as np
+    import rasterio
+    import torch
+    from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
+    torch.set_num_threads(1)
+    model = load_dsdit(DEFAULT_CHECKPOINT)
+    with rasterio.open(args.lr) as a, rasterio.open(args.ref) as b:
+        lr = np.moveaxis(a.read(), 0, -1).astype(np.float32) / 255
+        ref = np.moveaxis(b.read(), 0, -1).astype(np.float32) / 255
+    t = time.perf_counter()
+    out = super_resolve(model, lr, ref, steps=args.steps, ref_transfer=args.ref_transfer)
+    dt = time.perf_counter() - t
+    return {"mpx_per_s": out.shape[0] * out.shape[1] / 1e6 / dt, "seconds": dt,
+            "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_child(kind: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind] + [x for k, v in kw.items()
+                                                         for x in (f"--{k}", str(v))]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode:
+        raise SystemExit(f"child {kind} {kw} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 16384])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--ref-transfer", type=float, default=0.0)
+    ap.add_argument("--memory-size", type=int, default=None,
+                    help="size of the in-memory super_resolve comparison (default: the smallest "
+                         "size; 0: skip it, e.g. when measuring large sizes on their own)")
+    ap.add_argument("--dir", help="where the scenes go (default: a temporary folder)")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--lr", help=argparse.SUPPRESS)
+    ap.add_argument("--ref", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--w", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        res = child_scene(args) if args.child == "scene" else child_memory(args)
+        print(json.dumps(res))
+        return
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="refsr_scene_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {"steps": args.steps, "ref_transfer": args.ref_transfer, "runs": []}
+
+    def save():
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
+    common = {"steps": args.steps, "ref-transfer": args.ref_transfer}
+    for size in args.sizes:
+        lr, ref = make_scene(folder, size)
+        if size == (min(args.sizes) if args.memory_size is None else args.memory_size):
+            r = run_child("memory", lr=lr, ref=ref, **common)
+            results["runs"].append({"size": size, "path": "in-memory super_resolve", **r})
+            print(f"{size}^2 in-memory: {r['mpx_per_s']:.3f} Mpx/s, max RSS "
+                  f"{r['self_max_rss_mib']:.0f} MiB", flush=True)
+            save()
+        for w in args.workers:
+            r = run_child("scene", lr=lr, ref=ref, out=folder / f"sr_{size}_{w}.tif", w=w,
+                          **common)
+            results["runs"].append({"size": size, "path": "scene", "workers": w, **r})
+            print(f"{size}^2 scene, {w} worker(s): {r['mpx_per_s']:.3f} Mpx/s over "
+                  f"{r['tiles']} tiles ({r['seconds']:.0f} s, setup {r['setup_s']:.1f} s), "
+                  f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB", flush=True)
+            (folder / f"sr_{size}_{w}.tif").unlink(missing_ok=True)
+            save()
+    scene = [r for r in results["runs"] if r["path"] == "scene"]
+    lo, hi = min(args.sizes), max(args.sizes)
+    ratios = {}
+    for w in args.workers:
+        a = [r for r in scene if r["workers"] == w and r["size"] == lo]
+        b = [r for r in scene if r["workers"] == w and r["size"] == hi]
+        if a and b:
+            ratios[f"rss_{hi}_over_{lo}_w{w}"] = b[0]["peak_rss_mib"] / a[0]["peak_rss_mib"]
+    for size in args.sizes:
+        one = [r for r in scene if r["size"] == size and r["workers"] == 1]
+        two = [r for r in scene if r["size"] == size and r["workers"] == 2]
+        if one and two:
+            ratios[f"speed_2w_over_1w_{size}"] = two[0]["mpx_per_s"] / one[0]["mpx_per_s"]
+    mem = [r for r in results["runs"] if r["path"] != "scene"]
+    one = [r for r in scene if r["size"] == lo and r["workers"] == 1]
+    if mem and one:
+        ratios[f"speed_scene_1w_over_memory_{lo}"] = one[0]["mpx_per_s"] / mem[0]["mpx_per_s"]
+    results["ratios"] = ratios
+    save()
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}")
+
+
+if __name__ == "__main__":
+    main()

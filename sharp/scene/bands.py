@@ -1,0 +1,152 @@
+"""Band selection and the scaling between a scene's values and the model's [0, 1].
+
+Selection: `--bands 3,2,1` (1-based indices, repeats allowed: a panchromatic Ref is "1,1,1"),
+or colour names "red,green,blue" matched against the file's colour interpretation; by default
+the bands interpreted as red, green, blue, else bands 1, 2, 3, else (one band) 1, 1, 1.
+
+Scaling rule (per band, the same for LR and Ref, each with its own statistics):
+  * uint8: v / 255 (exactly what the in-memory path does with 8-bit images);
+  * otherwise: the 0.1 and 99.9 percentiles (lo, hi) of the band's valid pixels, estimated on a
+    decimated read of the whole scene (at most STATS_SIDE px on the long side), or a given
+    --range LO,HI; u = clip((v - lo) / (hi - lo), 0, 1).
+Back (`from_unit`): v = lo + u (hi - lo), rounded half up and clipped for integer types; a valid
+pixel that would equal the nodata value is moved one step into the range, so it never reads as
+a hole.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import SceneError
+
+STATS_SIDE = 1024
+PERCENTILES = (0.1, 99.9)
+COLOURS = ("red", "green", "blue")
+
+
+def select_bands(ds, spec: Optional[str], what: str) -> list[int]:
+    """1-based band indices of ds for the model's R, G, B (see the module docstring)."""
+    n = ds.count
+    names = [ci.name.lower() for ci in ds.colorinterp]
+    if spec:
+        out = []
+        for part in str(spec).split(","):
+            part = part.strip().lower()
+            if part.isdigit():
+                idx = int(part)
+            elif part in names:
+                idx = names.index(part) + 1
+            else:
+                raise SceneError(f"{what}: band {part!r} does not exist: {ds.name} has {n} band(s) "
+                                 f"{list(range(1, n + 1))} with colour interpretation {names}; "
+                                 "pass 1-based indices, e.g. --bands 3,2,1")
+            if not 1 <= idx <= n:
+                raise SceneError(f"{what}: band {idx} does not exist: {ds.name} has {n} band(s) "
+                                 f"(1..{n})")
+            out.append(idx)
+        if len(out) != 3:
+            raise SceneError(f"{what}: the model needs 3 bands (R,G,B), got {len(out)} ({spec!r}); "
+                             "repeat a band for grey, e.g. 1,1,1")
+        return out
+    if all(c in names for c in COLOURS):
+        return [names.index(c) + 1 for c in COLOURS]
+    if n >= 3:
+        return [1, 2, 3]
+    if n == 1:
+        return [1, 1, 1]
+    raise SceneError(f"{what}: {ds.name} has {n} bands and no red/green/blue colour "
+                     "interpretation: say which to use, e.g. --bands 1,2,1")
+
+
+def parse_range(text: Optional[str]) -> Optional[tuple[float, float]]:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SceneError(f"range must be 'LO,HI' (two numbers), got {text!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise SceneError(f"range LO,HI needs finite LO < HI, got {text!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class BandScale:
+    """Per-band affine map between native values and [0, 1]."""
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    dtype: str
+    nodata: Optional[float] = None
+
+    def to_unit(self, arr: np.ndarray) -> np.ndarray:
+        """[C, h, w] native -> float32 in [0, 1] (NaN stays NaN)."""
+        lo = np.asarray(self.lo, np.float32)[:, None, None]
+        span = (np.asarray(self.hi, np.float64) - np.asarray(self.lo, np.float64)).astype(np.float32)
+        out = (arr.astype(np.float32) - lo) / span[:, None, None]
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def from_unit(self, arr: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
+        """[C, h, w] in [0, 1] -> native dtype; invalid pixels (valid False) become nodata."""
+        lo = np.asarray(self.lo, np.float64)[:, None, None]
+        hi = np.asarray(self.hi, np.float64)[:, None, None]
+        return to_native(lo + arr.astype(np.float64) * (hi - lo), self.dtype, self.nodata, valid)
+
+
+def to_native(val: np.ndarray, dtype: str, nodata: Optional[float],
+              valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """float values [C, h, w] -> dtype (ints: half-up rounding, clipped to the type), nodata
+    where not valid, and no valid pixel equal to nodata."""
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        val = np.clip(np.floor(val + 0.5), info.min, info.max)
+        if nodata is not None and np.isfinite(nodata):
+            step = 1 if nodata < info.max else -1
+            val = np.where(val == nodata, nodata + step, val)
+    elif nodata is not None and np.isfinite(nodata):
+        val = np.where(val == nodata, np.nextafter(np.float32(nodata), np.float32(np.inf)), val)
+    out = val.astype(dt)
+    if valid is not None and nodata is not None:
+        out[:, ~valid] = dt.type(nodata)
+    return out
+
+
+def valid_mask(arr: np.ndarray, nodata: Optional[float]) -> np.ndarray:
+    """[C, h, w] native -> [h, w] bool: a pixel is valid iff no band is nodata (or NaN)."""
+    bad = np.zeros(arr.shape[1:], bool)
+    if arr.dtype.kind == "f":
+        bad |= np.isnan(arr).any(0)
+    if nodata is not None:
+        bad |= (np.isnan(arr) if np.isnan(nodata) else arr == nodata).any(0)
+    return ~bad
+
+
+def scene_scale(ds, bands: Sequence[int], given: Optional[tuple[float, float]] = None
+                ) -> BandScale:
+    """The scaling of ds's bands by the module's rule (given: (lo, hi) for every band)."""
+    dtype = ds.dtypes[bands[0] - 1]
+    nodata = ds.nodata
+    if given is not None:
+        return BandScale((given[0],) * len(bands), (given[1],) * len(bands), dtype, nodata)
+    if dtype == "uint8":
+        return BandScale((0.0,) * len(bands), (255.0,) * len(bands), dtype, nodata)
+    f = max(1, -(-max(ds.height, ds.width) // STATS_SIDE))
+    shape = (len(bands), max(1, ds.height // f), max(1, ds.width // f))
+    arr = ds.read(list(bands), out_shape=shape)             # nearest decimation (or overviews)
+    ok = valid_mask(arr, nodata)
+    lo, hi = [], []
+    for b in range(len(bands)):
+        v = arr[b][ok].astype(np.float64)
+        if v.size == 0:
+            raise SceneError(f"{ds.name}: band {bands[b]} has no valid pixel (all nodata)")
+        a, z = np.percentile(v, PERCENTILES)
+        if not z > a:
+            a, z = float(v.min()), float(v.max())
+        if not z > a:
+            z = a + 1.0                                    # a constant band
+        lo.append(float(a))
+        hi.append(float(z))
+    return BandScale(tuple(lo), tuple(hi), dtype, nodata)

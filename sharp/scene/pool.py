@@ -1,0 +1,206 @@
+"""Where tiles run: in this process, or on Ray workers (one model each), results to the driver.
+
+Both pools take TileJobs and yield (job index, result) as tiles finish; the driver blends and
+writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
+model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
+shared file system), pins torch to `threads` per worker, and resubmits a tile whose worker died
+to a live worker (up to `retries` times), while Ray restarts the dead one, which gets tiles
+again once a probe call answers; a tile is never written twice because the blend ignores a
+second result for the same tile.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Callable, Iterable, Iterator, Optional
+
+from .errors import SceneError
+from .tile import TileJob, TileSettings, empty_result, run_tile
+
+
+class LocalPool:
+    """Tiles run one by one in this process, on an already loaded model."""
+
+    workers = 1
+
+    def __init__(self, model, settings: TileSettings, vae=None,
+                 on_step: Optional[Callable[[], None]] = None):
+        from sharp.refsr.space import WorkingSpace
+        self.model, self.settings, self.on_step = model, settings, on_step
+        self.space = WorkingSpace(model.cfg, vae)
+        self.retried = 0
+
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
+        for job in jobs:
+            if job.lr is None:                      # all nodata: nothing to compute
+                yield job.index, empty_result(job, self.settings)
+            else:
+                yield job.index, run_tile(self.model, self.space, job, self.settings, self.on_step)
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """Ray actor body: one model, tiles in, pieces out."""
+
+    def __init__(self, payload: dict, settings: TileSettings, threads: int, device: str):
+        import torch
+        from safetensors.torch import load
+
+        from sharp.refsr.checkpoint import check_state
+        from sharp.refsr.config import DSDiTConfig
+        from sharp.refsr.model import DSDiT
+        from sharp.refsr.space import WorkingSpace
+
+        torch.set_num_threads(max(1, int(threads)))
+        cfg = DSDiTConfig.from_json(payload["config"])
+        state = load(payload["tensors"])
+        model = DSDiT(cfg)
+        check_state(cfg, state, model, "checkpoint sent to the worker")
+        model.load_state_dict(state)
+        self.model = model.to(device).eval()
+        self.space = WorkingSpace(cfg)
+        self.settings = settings
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: TileJob) -> tuple[int, dict]:
+        import torch
+        with torch.no_grad():
+            return job.index, run_tile(self.model, self.space, job, self.settings)
+
+
+def model_payload(model) -> dict:
+    """The model as bytes for the workers: safetensors tensors + config JSON."""
+    from safetensors.torch import save
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return {"tensors": save(sd), "config": model.cfg.to_json()}
+
+
+RESTART_WAIT_S = 300.0    # how long a restarting worker may take to come back
+
+
+def _lost_errors() -> tuple:
+    """Ray's exceptions for a task lost with its worker (names differ across Ray versions)."""
+    import ray.exceptions as rex
+    names = ("RayActorError", "WorkerCrashedError", "ActorUnavailableError", "ActorDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+class RayPool:
+    """Tiles on `workers` Ray actors (local Ray by default; `address` joins a cluster)."""
+
+    def __init__(self, model, settings: TileSettings, workers: int, threads: int = 1,
+                 address: Optional[str] = None, device: str = "cpu", retries: int = 3):
+        try:
+            import ray
+        except ImportError:
+            raise SceneError("Ray is not installed: pip install 'comfyui-sharp[geo]' (or "
+                             "pip install ray), or run with --workers 0 (in this process)") from None
+        if model.cfg.space != "pixel":
+            raise SceneError("Ray workers run pixel-space checkpoints only (a latent-space one "
+                             "needs its VAE in every worker): use --workers 0")
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=workers * max(1, threads), object_store_memory=256 << 20,
+                         runtime_env={"env_vars": {"PYTHONPATH": here}}, **kw)
+            self.started = True
+        gpus = 1 if device.startswith("cuda") else 0
+        actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
+                           max_task_retries=0)(_Worker)
+        # held for the pool's life: a restarted worker is built from it again
+        self.payload = ray.put(model_payload(model))
+        self.actors = [actor.remote(self.payload, settings, threads, device)
+                       for _ in range(workers)]
+        self.workers = workers
+        self.retries = retries
+        self.retried = 0
+        try:                          # wait until every worker holds its model
+            self.worker_pids = ray.get([w.pid.remote() for w in self.actors], timeout=600)
+        except Exception as err:
+            self.close()
+            raise SceneError(f"the Ray workers did not start ({type(err).__name__}: {err}); on a "
+                             "cluster, sharp (comfyui-sharp[geo]) must be installed on every "
+                             "node") from None
+
+    def pids(self) -> list[int]:
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
+        """Yield (index, result) as tiles finish. A worker whose task failed is probed (a cheap
+        call) until Ray has restarted it, and gets no tiles meanwhile; its tiles go back to the
+        queue for any live worker, each at most `retries` times."""
+        ray = self.ray
+        lost = _lost_errors()
+        it = iter(jobs)
+        free = deque(a for a in range(self.workers) for _ in range(2))   # 2 in flight per worker
+        running: dict = {}          # ObjectRef -> (job, worker, attempts)
+        probes: dict = {}           # ObjectRef -> (worker, deadline)
+        parked: dict[int, int] = {}  # worker -> slots waiting for it to come back
+        queue: deque = deque()      # (job, attempts) to (re)submit
+        exhausted = False
+        while True:
+            while free and (queue or not exhausted):
+                if not queue:
+                    job = next(it, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    if job.lr is None:                  # all nodata: nothing to compute
+                        yield job.index, empty_result(job, self.settings)
+                        continue
+                    queue.append((job, 0))
+                job, tries = queue.popleft()
+                a = free.popleft()
+                running[self.actors[a].run.remote(job)] = (job, a, tries)
+            if not running and not (probes and queue):
+                return
+            done, _ = ray.wait(list(running) + list(probes), num_returns=1)
+            ref = done[0]
+            if ref in probes:
+                a, deadline = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                    free.extend([a] * parked.pop(a, 0))          # back in service
+                except lost:
+                    if time.monotonic() > deadline:
+                        raise SceneError(f"Ray worker {a} did not come back within "
+                                         f"{RESTART_WAIT_S} s; the completed windows are kept: "
+                                         "rerun with --resume") from None
+                    time.sleep(0.5)
+                    probes[self.actors[a].pid.remote()] = (a, deadline)
+                continue
+            job, a, tries = running.pop(ref)
+            try:
+                index, result = ray.get(ref)
+            except lost as err:
+                if tries >= self.retries:
+                    raise SceneError(f"tile {job.index} failed {tries + 1} times "
+                                     f"({type(err).__name__}); the completed windows are kept: "
+                                     "rerun with --resume") from None
+                self.retried += 1
+                queue.appendleft((job, tries + 1))
+                parked[a] = parked.get(a, 0) + 1
+                if not any(w == a for w, _ in probes.values()):
+                    probes[self.actors[a].pid.remote()] = (a, time.monotonic() + RESTART_WAIT_S)
+                continue
+            free.append(a)
+            yield index, result
+
+    def close(self) -> None:
+        for a in self.actors:
+            try:
+                self.ray.kill(a)
+            except Exception:
+                pass
+        if self.started:
+            self.ray.shutdown()
