@@ -60,8 +60,8 @@ def test_csv_and_jsonl_manifests(tmp_path):
 
 def test_resolve_by_title_id_and_class_type():
     assert resolve("Prompt.text", RSFLUX).node_id == "2"                   # _meta.title
-    assert resolve("7.seed", RSFLUX).node_id == "7"                       # id
-    assert resolve("SHARPResolutionPromotion.alpha_s", RSFLUX).node_id == "5"
+    assert resolve("4.noise_seed", RSFLUX).node_id == "4"                 # id
+    assert resolve("SHARPResolutionPromotion.alpha_s", RSFLUX).node_id == "7"   # a class_type used once
     assert resolve("LR (120x120).image", DSDIT).node_id == "2"            # titles with dots/spaces
     wf = {"1": {"class_type": "KSampler", "_meta": {"title": "S"}, "inputs": {}},
           "2": {"class_type": "KSampler", "_meta": {"title": "S"}, "inputs": {}}}
@@ -80,39 +80,42 @@ def test_parse_sets():
 
 
 def test_mapping_coerces_to_the_input_types(oi):
-    jobs, bad = build_jobs(RSFLUX, rows({"id": "a", "Prompt.text": "dense city", "KSampler.seed": "7",
+    jobs, bad = build_jobs(RSFLUX, rows({"id": "a", "Prompt.text": "dense city", "RandomNoise.noise_seed": "7",
                                          "EmptySD3LatentImage.width": "1024", "SHARPResolutionPromotion.alpha_s": "2",
-                                         "SHARPResolutionPromotion.mscale": "false", "KSampler.sampler_name": "euler"}),
-                           oi, parse_sets(["KSampler.steps=4"]))
+                                         "SHARPResolutionPromotion.mscale": "false",
+                                         "KSamplerSelect.sampler_name": "euler"}),
+                           oi, parse_sets(["SHARPFluxSigmas.steps=4"]))
     assert bad == {}
     (job,) = jobs
     p = job.prompt
-    assert p["2"]["inputs"]["text"] == "dense city" and p["7"]["inputs"]["seed"] == 7
-    assert p["6"]["inputs"]["width"] == 1024 and p["6"]["inputs"]["height"] == 2048  # untouched
-    assert p["5"]["inputs"]["alpha_s"] == 2.0 and isinstance(p["5"]["inputs"]["alpha_s"], float)
-    assert p["5"]["inputs"]["mscale"] is False and p["7"]["inputs"]["steps"] == 4
-    assert RSFLUX["7"]["inputs"]["seed"] == 42  # the workflow itself is not modified
-    assert job.seeds() == {"KSampler.seed": 7}
-    assert job.sharp_params()["SHARPResolutionPromotion"]["alpha_s"] == 2.0
-    assert "model" not in job.sharp_params()["SHARPResolutionPromotion"]  # links are not parameters
+    assert p["2"]["inputs"]["text"] == "dense city" and p["4"]["inputs"]["noise_seed"] == 7
+    assert p["8"]["inputs"]["width"] == 1024 and p["8"]["inputs"]["height"] == 2048  # untouched
+    assert p["7"]["inputs"]["alpha_s"] == 2.0 and isinstance(p["7"]["inputs"]["alpha_s"], float)
+    assert p["7"]["inputs"]["mscale"] is False and p["6"]["inputs"]["steps"] == 4
+    assert RSFLUX["4"]["inputs"]["noise_seed"] == 42  # the workflow itself is not modified
+    assert job.seeds() == {"RandomNoise.noise_seed": 7}
+    assert job.sharp_params()["SHARP Resolution Promotion"]["alpha_s"] == 2.0
+    assert "model" not in job.sharp_params()["SHARP Resolution Promotion"]  # links are not parameters
     # a numeric combo from CSV text: DS-DiT's scale [2, 4, 8]
     jobs, bad = build_jobs(DSDIT, rows({"DS-DiT Reference SR (x4).scale": "2"}), oi)
     assert jobs[0].prompt["4"]["inputs"]["scale"] == 2
 
 
 def test_set_wins_over_the_manifest(oi):
-    jobs, _ = build_jobs(RSFLUX, rows({"KSampler.steps": "9"}), oi, {"KSampler.steps": "3"})
-    assert jobs[0].prompt["7"]["inputs"]["steps"] == 3 and jobs[0].row["KSampler.steps"] == "3"
+    jobs, _ = build_jobs(RSFLUX, rows({"SHARPFluxSigmas.steps": "9"}), oi, {"SHARPFluxSigmas.steps": "3"})
+    assert jobs[0].prompt["6"]["inputs"]["steps"] == 3 and jobs[0].row["SHARPFluxSigmas.steps"] == "3"
 
 
 def test_every_problem_of_every_row_is_reported(oi):
     """What ComfyUI's /prompt validation would reject, found from the saved /object_info."""
     manifest = rows(
-        {"id": "ok", "KSampler.seed": "1"},
-        {"id": "combo", "KSampler.sampler_name": "eulr", "SHARPResolutionPromotion.method": "linear"},
-        {"id": "range", "KSampler.steps": "0", "SHARPResolutionPromotion.alpha_s": "1000", "KSampler.cfg": "abc"},
-        {"id": "names", "Promt.text": "x", "KSampler.sed": "3"},
-        {"id": "types", "SHARPResolutionPromotion.mscale": "maybe", "KSampler.seed": "1.5", "KSampler.model": "x"},
+        {"id": "ok", "RandomNoise.noise_seed": "1"},
+        {"id": "combo", "KSamplerSelect.sampler_name": "eulr", "SHARPResolutionPromotion.method": "linear"},
+        {"id": "range", "SHARPFluxSigmas.steps": "0", "SHARPResolutionPromotion.alpha_s": "1000",
+         "FluxGuidance.guidance": "abc"},
+        {"id": "names", "Promt.text": "x", "RandomNoise.sed": "3"},
+        {"id": "types", "SHARPResolutionPromotion.mscale": "maybe", "RandomNoise.noise_seed": "1.5",
+         "SHARPResolutionPromotion.model": "x"},
         {"id": "ok"},
     )
     jobs, bad = build_jobs(RSFLUX, manifest, oi)
@@ -181,7 +184,7 @@ def test_grid_manifest():
     got = grid.grid_rows(["a", "b"], [(1024, 1024), (2048, 1024)], [0, 1],
                          {"width": ("EmptySD3LatentImage.width", "SHARPSchedulePreview.width")})
     assert len(got) == 8 and len({r["id"] for r in got}) == 8
-    assert got[3] == {"id": "p000_2048x1024_s1", "Prompt.text": "a", "KSampler.seed": 1,
+    assert got[3] == {"id": "p000_2048x1024_s1", "Prompt.text": "a", "RandomNoise.noise_seed": 1,
                       "EmptySD3LatentImage.width": 2048, "SHARPSchedulePreview.width": 2048,
                       "EmptySD3LatentImage.height": 1024}
 
@@ -200,8 +203,8 @@ def test_grid_cli_feeds_batch_validation(tmp_path, oi):
     jobs, bad = build_jobs(RSFLUX, manifest, oi)
     assert bad == {} and len(jobs) == 12
     last = jobs[-1].prompt
-    assert (last["6"]["inputs"]["width"], last["6"]["inputs"]["height"], last["10"]["inputs"]["width"]) == (3744, 2560, 3744)
-    assert last["2"]["inputs"]["text"] == "a harbour" and last["7"]["inputs"]["seed"] == 1
+    assert (last["8"]["inputs"]["width"], last["8"]["inputs"]["height"], last["13"]["inputs"]["width"]) == (3744, 2560, 3744)
+    assert last["2"]["inputs"]["text"] == "a harbour" and last["4"]["inputs"]["noise_seed"] == 1
 
 
 def test_validate_only_cli_against_saved_object_info(tmp_path, capsys):

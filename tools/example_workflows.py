@@ -81,13 +81,16 @@ class Graph:
     def __init__(self):
         self.nodes, self.links, self.cells = [], [], {}
 
-    def add(self, type_, widgets=(), cell=(1, 0), size=None) -> int:
+    def add(self, type_, widgets=(), cell=(1, 0), size=None, title=None) -> int:
+        """title: the node's title, also the API twin's _meta.title (what `sharp batch` manifests name)."""
         nid = len(self.nodes) + 1
         ins, outs = SLOTS[type_]
         node = {"id": nid, "type": type_, "pos": [0, 0], "size": list(size or (0, 0)), "flags": {}, "order": nid - 1,
                 "mode": 0, "inputs": [{"name": n, "type": t, "link": None} for n, t in ins],
                 "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outs)],
                 "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title:
+            node["title"] = title
         self.nodes.append(node)
         self.cells[nid] = cell
         return nid
@@ -113,7 +116,7 @@ class Graph:
                     link = self.links[inp["link"] - 1]
                     inputs[inp["name"]] = [str(link[1]), link[2]]
             out[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
-                                 "_meta": {"title": TITLES.get(n["type"], n["type"])}}
+                                 "_meta": {"title": n.get("title") or TITLES.get(n["type"], n["type"])}}
         return out
 
     def layout(self) -> None:
@@ -161,7 +164,7 @@ DSDIT_CELLS = {1: (1, 0), 2: (1, 1), 3: (1, 2), 4: (2, 0), 6: (2, 1), 5: (3, 0),
 def _rsflux_front(g: Graph, cells: dict):
     """Loader, prompt, guidance, SHARP, guider, noise, sampler, sigmas: the part every RS-FLUX graph shares."""
     ld = g.add("SHARPLoadRSFlux", ["FLUX-RS", "default"], cells["loader"])
-    txt = g.add("CLIPTextEncode", [PROMPT], cells["prompt"], size=(400, 200))
+    txt = g.add("CLIPTextEncode", [PROMPT], cells["prompt"], size=(400, 200), title="Prompt")
     g.link(ld, 1, txt, "clip")
     fg = g.add("FluxGuidance", [GUIDANCE], cells["guidance"])
     g.link(txt, 0, fg, "conditioning")
@@ -400,7 +403,8 @@ def main() -> int:
         if name.startswith("dsdit"):
             nodes = [n for n in ui["nodes"] if n["type"] not in W.VIRTUAL_NODES]
             grid_layout(nodes, DSDIT_CELLS)
-        if name.startswith("family_"):
+        has_note = any(n["type"] in W.VIRTUAL_NODES for n in ui["nodes"])
+        if name.startswith("family_") and not has_note:   # a family workflow's own Note is kept
             put_note(ui, family_note(ui))
         elif name.startswith("dsdit"):
             put_note(ui, DSDIT_NOTE)

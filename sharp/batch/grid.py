@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 DEFAULT_KEYS = dict(prompt="Prompt.text", width=("EmptySD3LatentImage.width",),
-                    height=("EmptySD3LatentImage.height",), seed="KSampler.seed")
+                    height=("EmptySD3LatentImage.height",), seed="RandomNoise.noise_seed")
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
