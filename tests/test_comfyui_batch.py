@@ -214,9 +214,9 @@ def test_tiny_flux_sharp_grid(H, base, tmp_path):
     assert rc == 0
     for r in rows:
         side = json.load(open(os.path.join(out, "sidecars", f"{r['id']}.json")))
-        assert side["sharp_params"]["SHARPResolutionPromotion"]["method"] == "sharp"
+        assert side["sharp_params"]["SHARP Resolution Promotion"]["method"] == "sharp"
         assert side["sharp_params"]["Load RS-FLUX (diffusers folder)"]["folder"] == STANDIN
-        assert side["seeds"] == {"KSampler.seed": r["KSampler.seed"]}
+        assert side["seeds"] == {"RandomNoise.noise_seed": r["RandomNoise.noise_seed"]}
         (save,) = [o for o in side["outputs"] if o["title"] == "SaveImage"]
         with Image.open(os.path.join(out, save["file"])) as im:
             assert im.size == (r["EmptySD3LatentImage.width"], r["EmptySD3LatentImage.height"])
