@@ -58,7 +58,7 @@ class _Worker:
         cfg = DSDiTConfig.from_json(payload["config"])
         state = load(payload["tensors"])
         model = DSDiT(cfg)
-        check_state(cfg, state, model, "checkpoint sent to the worker")
+        check_state(cfg, state, "checkpoint sent to the worker")
         model.load_state_dict(state)
         self.model = model.to(device).eval()
         self.space = WorkingSpace(cfg)

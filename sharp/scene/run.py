@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import resource
 import shutil
 import time
@@ -120,6 +119,7 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
     appended. Returns a summary."""
     from sharp.refsr.api import DEFAULT_CHECKPOINT, default_ref_transfer, default_temperature
     from sharp.refsr.checkpoint import load_dsdit
+    from sharp.refsr.config import SAMPLING_BOUNDS, check_number
     from sharp.refsr.stages import tile_geometry
     from sharp.refsr.transfer import apply_transfer
 
@@ -146,10 +146,12 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
             ref_scale = scene_scale(ref, r_bands, parse_range(ref_range))
         if model is None:
             model = load_dsdit(checkpoint or DEFAULT_CHECKPOINT, device=device)
-        temp = default_temperature(model) if temperature is None else float(temperature)
-        gain = default_ref_transfer(model) if ref_transfer is None else float(ref_transfer)
-        if not (gain >= 0 and math.isfinite(gain)):
-            raise SceneError(f"ref_transfer must be a finite number >= 0, got {ref_transfer}")
+        # the bounds super_resolve checks (sharp.refsr.config.SAMPLING_BOUNDS): one rule for both paths
+        temp = default_temperature(model) if temperature is None else \
+            check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
+        gain = default_ref_transfer(model) if ref_transfer is None else \
+            check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
+        guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
         if ref is None:
             gain = 0.0
         grid = output_grid(lr, scale)
