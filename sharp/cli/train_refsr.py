@@ -12,9 +12,10 @@ def register(subparsers) -> None:
                     "(resumable: run the same command again to continue).")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
-    p.add_argument("--config", default="small", choices=["small", "small-match", "base", "large"],
+    p.add_argument("--config", default="small", choices=["small", "small-match", "medium-match", "base", "large"],
                    help="model preset: small (the shipped model's shape), small-match (small with "
-                        "local Ref alignment, confidence tokens and a null-Ref weak path), base; "
+                        "local Ref alignment, confidence tokens and a null-Ref weak path), medium-match "
+                        "(small-match ~6x larger, predicting x1: one-step estimate), base; "
                         "large is a latent model (GPU + VAE, library only)")
     p.add_argument("--val", metavar="DIR", help="validation folder (PSNR logged every --val-every)")
     p.add_argument("--steps", type=int, default=10000)
@@ -24,6 +25,11 @@ def register(subparsers) -> None:
     p.add_argument("--ref-drop", type=float, default=0.2, help="probability of dropping the Ref")
     p.add_argument("--synthetic-ref", type=float, default=0.5,
                    help="probability of a synthetic Ref made from the HR")
+    p.add_argument("--ref-as-target", action="store_true",
+                   help="also train on each Ref as a target (LR: its bicubic x4 + JPEG q95 "
+                        "degradation, Ref: the HR of the same place)")
+    p.add_argument("--t0-prob", type=float, default=0.0,
+                   help="share of training samples at t = 0 (trains the one-step estimate)")
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this")
@@ -50,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                  synthetic_ref_prob=args.synthetic_ref, val_every=args.val_every,
                  save_every=args.save_every, max_minutes=args.max_minutes, seed=args.seed,
                  resume=not args.no_resume, device=args.device,
-                 fit_transfer=not args.no_fit_transfer)
+                 fit_transfer=not args.no_fit_transfer, ref_as_target=args.ref_as_target,
+                 t0_prob=args.t0_prob)
     print(f"wrote {args.out} at step {info['step']}")
     return 0

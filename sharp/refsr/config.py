@@ -44,6 +44,11 @@ class DSDiTConfig:
     # Flow target: "residual" (HR - up(LR), scaled by res_scale) or "direct" (the HR itself).
     target: str = "residual"
     res_scale: float = 15.0   # ~1 / std of the pixel residual in [-1, 1] units on RRSSRD
+    # What the network outputs (issue 14): "v" (the velocity x1 - x0) or "x1" (the clean target
+    # itself; the velocity is then (x1_hat - x_t) / (1 - t)). With "x1", one Euler step from
+    # temperature-1 noise returns x1_hat(x0, t=0), the conditional-mean (PSNR-optimal) estimate,
+    # on the training distribution; more steps give textured samples as before.
+    predict: str = "v"
     scale: int = 4           # SR factor the checkpoint was trained for (x2 and x8 also run)
 
     @property
@@ -99,6 +104,8 @@ class DSDiTConfig:
             raise ValueError(f"config.ref_align must be 'global' or 'local', got {self.ref_align!r}")
         if self.weak_ref not in ("off", "null"):
             raise ValueError(f"config.weak_ref must be 'off' or 'null', got {self.weak_ref!r}")
+        if self.predict not in ("v", "x1"):
+            raise ValueError(f"config.predict must be 'v' or 'x1', got {self.predict!r}")
         if self.target not in ("residual", "direct"):
             raise ValueError(f"config.target must be 'residual' or 'direct', got {self.target!r}")
         for name in ("patch", "dim", "depth", "heads", "encoder_depth", "plw_hidden",
@@ -119,6 +126,10 @@ PRESETS = {
     # small + issue 6's matching aids: local alignment, confidence tokens, null-Ref weak path
     "small-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
                                weak_ref="null"),
+    # issue 14: small-match 6x wider/deeper, predicting x1 (one-step conditional-mean estimate)
+    "medium-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
+                                weak_ref="null", predict="x1", dim=64, depth=4, heads=4,
+                                encoder_depth=4, plw_hidden=16),
     "base": DSDiTConfig(cond_highpass=True, dim=192, depth=8, heads=6, radius=3, mlp_ratio=4.0, encoder_depth=3,
                         plw_hidden=64),
     "large": DSDiTConfig(space="latent", latent_channels=16, latent_downscale=8, patch=2,

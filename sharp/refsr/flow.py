@@ -27,15 +27,26 @@ def sample_t(batch: int, generator: Optional[torch.Generator] = None) -> torch.T
     return torch.sigmoid(torch.randn(batch, generator=generator))
 
 
-def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None) -> torch.Tensor:
-    """Rectified-flow MSE between predicted and true velocity x1 - x0.
+def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None,
+              t0_prob: float = 0.0) -> torch.Tensor:
+    """Rectified-flow loss. x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for
+    that sample; ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence).
 
-    x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for that sample;
-    ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence)."""
+    cfg.predict "v": MSE between predicted and true velocity x1 - x0.
+    cfg.predict "x1": MSE between the clean estimate x1_hat and x1 (the regression loss; the
+    velocity then follows from x1_hat). t0_prob: the share of samples trained at t = 0 exactly,
+    where x_t is pure noise and x1_hat is the conditional-mean estimate that one-step sampling
+    returns (logit-normal t almost never comes close to 0)."""
     b = x1.shape[0]
     x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)   # CPU generator
-    t = sample_t(b, generator).to(x1.device)
-    v = model(interpolate(x0, x1, t), t, lr, ref, ref_on, ref_conf=ref_conf)
+    t = sample_t(b, generator)
+    if t0_prob > 0:
+        t = torch.where(torch.rand(b, generator=generator) < t0_prob, torch.zeros_like(t), t)
+    t = t.to(x1.device)
+    x_t = interpolate(x0, x1, t)
+    if getattr(model, "cfg", None) is not None and model.cfg.predict == "x1":
+        return torch.mean((model.denoise(x_t, t, lr, ref, ref_on, ref_conf=ref_conf) - x1) ** 2)
+    v = model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf)
     return torch.mean((v - (x1 - x0)) ** 2)
 
 

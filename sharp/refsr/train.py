@@ -65,14 +65,28 @@ def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0,
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def choose_temperature(model: DSDiT, items: list[dict], temperatures=(0.0, 0.5, 1.0)) -> dict:
-    """Validation PSNR (Ref variant) per initial-noise temperature; the best becomes the
-    checkpoint's default. Small models cannot predict fine texture, so a sample at temperature
-    1 has the right statistics but the wrong phase, and loses PSNR to the deterministic
-    temperature-0 path, which stays close to the conditional mean."""
-    scores = {t: validate(model, items, temperature=t)["ref"] for t in temperatures}
-    return {"temperature": max(scores, key=scores.get),
-            "val_psnr_by_temperature": {str(t): v for t, v in scores.items()}}
+def sampling_candidates(cfg: DSDiTConfig) -> list[tuple[int, float]]:
+    """(Euler steps, temperature) pairs compared on validation. For x1-predicting models the
+    first is the one-step estimate from temperature-1 noise (x1_hat at t = 0, on the training
+    distribution); the others are the deterministic temperature-0 path and a full sample."""
+    if cfg.predict == "x1":
+        return [(1, 1.0), (20, 0.0), (20, 1.0)]
+    return [(10, 0.0), (10, 0.5), (10, 1.0)]
+
+
+def choose_sampling(model: DSDiT, items: list[dict]) -> dict:
+    """Validation PSNR (Ref variant) per (steps, temperature); the best becomes the checkpoint's
+    default. A small model cannot predict the exact texture, so a temperature-1 sample has the
+    right statistics but the wrong phase and loses PSNR to an estimate of the conditional mean:
+    the one-step x1 estimate (predict "x1") or the temperature-0 path."""
+    scores = {(n, t): validate(model, items, steps=n, temperature=t)["ref"]
+              for n, t in sampling_candidates(model.cfg)}
+    steps, temperature = max(scores, key=scores.get)
+    out = {"temperature": temperature,
+           "val_psnr_by_steps_temperature": {f"{n},{t}": v for (n, t), v in scores.items()}}
+    if model.cfg.predict == "x1":    # old v checkpoints keep the caller's steps (default 20)
+        out["steps"] = steps
+    return out
 
 
 def _save_state(out: Path, model, ema, opt, generator, info: dict) -> None:
@@ -122,12 +136,14 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           val_every: int = 1000, val_count: int = 4, val_crop: int = 192, save_every: int = 500,
           max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
           log: Callable[[str], None] = print, progress: bool = True,
-          fit_transfer: bool = True) -> dict:
+          fit_transfer: bool = True, ref_as_target: bool = False, t0_prob: float = 0.0) -> dict:
     """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict.
 
     device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved).
     fit_transfer: at the end, fit the reference-detail-transfer gain on the training folders
-    (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults."""
+    (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults.
+    ref_as_target: also train on target = Ref, LR = its RRSSRD degradation, Ref = the HR
+    (data.RefSRDataset). t0_prob: share of samples at t = 0 (flow.flow_loss)."""
     from tqdm import tqdm
 
     cfg = PRESETS[config] if isinstance(config, str) else config
@@ -143,7 +159,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     info = {"step": 0, "history": [], "args": {
         "data": [str(d) for d in data], "config": cfg.to_json(), "steps": steps, "batch": batch,
         "crop": crop, "lr": lr, "ref_drop": ref_drop, "synthetic_ref_prob": synthetic_ref_prob,
-        "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None}}
+        "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None,
+        "ref_as_target": ref_as_target, "t0_prob": t0_prob}}
     if resume and Path(str(out) + ".state.json").is_file():
         prev = _load_state(out, model, ema, opt, generator)
         if prev["args"]["config"] != cfg.to_json():
@@ -152,7 +169,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         info.update(step=prev["step"], history=prev["history"])
         log(f"resumed from step {info['step']}")
     dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob,
-                           seed=seed, align=cfg.ref_align)
+                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target)
     log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} params")
     val_items = load_validation(val, val_count, val_crop, cfg.scale, cfg.ref_align) if val else []
     space = WorkingSpace(cfg)
@@ -178,7 +195,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
         x1 = space.target(space.encode(b["hr"]), up_z)
         ref_on = (torch.rand(batch, generator=generator) >= ref_drop).to(device)
-        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator, ref_conf=b["conf"])
+        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator, ref_conf=b["conf"],
+                         t0_prob=t0_prob)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -196,9 +214,11 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
             losses = []
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if val_items and (info["step"] % val_every == 0 or info["step"] == steps):
-                rec["val"] = validate(ema, val_items, temperature=0.0)
-                rec["val_t1"] = validate(ema, val_items, temperature=1.0)
-                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR (temperature 0 | 1) "
+                (n0, t0), (n1, t1) = sampling_candidates(cfg)[0], sampling_candidates(cfg)[-1]
+                rec["val"] = validate(ema, val_items, steps=n0, temperature=t0)
+                rec["val_t1"] = validate(ema, val_items, steps=n1, temperature=t1)
+                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR ({n0} steps at "
+                    f"temperature {t0} | {n1} at {t1}) "
                     + ", ".join(f"{k} {v:.2f} | {rec['val_t1'][k]:.2f}" for k, v in rec["val"].items()))
             info["history"].append(rec)
         if info["step"] % save_every == 0:
@@ -209,14 +229,16 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     bar.close()
     sampling = None
     if val_items:
-        sampling = choose_temperature(ema, val_items)
+        sampling = choose_sampling(ema, val_items)
         info["sampling_defaults"] = sampling
-        log(f"default sampling temperature {sampling['temperature']} "
-            f"(val PSNR by temperature {sampling['val_psnr_by_temperature']})")
+        log(f"default sampling: temperature {sampling['temperature']}, steps "
+            f"{sampling.get('steps', 'caller')} (val PSNR by steps,temperature "
+            f"{sampling['val_psnr_by_steps_temperature']})")
     if fit_transfer:
         ema.cpu()
         fit = fit_ref_transfer(ema, data, scale=cfg.scale,
-                               temperature=sampling["temperature"] if sampling else None)
+                               temperature=sampling["temperature"] if sampling else None,
+                               steps=sampling.get("steps", 20) if sampling else 20)
         ema.to(device)
         sampling = dict(sampling or {}, **transfer_defaults(fit))
         info["sampling_defaults"] = sampling
