@@ -22,9 +22,14 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
     return (1.0 - t) * x0 + t * x1
 
 
-def sample_t(batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Logit-normal(0, 1) timesteps [B] (SD3), concentrating training on mid-range t."""
-    return torch.sigmoid(torch.randn(batch, generator=generator))
+def sample_t(batch: int, generator: Optional[torch.Generator] = None,
+             t0_prob: float = 0.0) -> torch.Tensor:
+    """Logit-normal(0, 1) timesteps [B] (SD3), concentrating training on mid-range t; with
+    t0_prob > 0 that share of them is exactly 0 (pure noise: the one-step estimate)."""
+    t = torch.sigmoid(torch.randn(batch, generator=generator))
+    if t0_prob > 0:
+        t = torch.where(torch.rand(batch, generator=generator) < t0_prob, torch.zeros_like(t), t)
+    return t
 
 
 def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None,
@@ -39,10 +44,7 @@ def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=N
     returns (logit-normal t almost never comes close to 0)."""
     b = x1.shape[0]
     x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)   # CPU generator
-    t = sample_t(b, generator)
-    if t0_prob > 0:
-        t = torch.where(torch.rand(b, generator=generator) < t0_prob, torch.zeros_like(t), t)
-    t = t.to(x1.device)
+    t = sample_t(b, generator, t0_prob).to(x1.device)
     x_t = interpolate(x0, x1, t)
     if getattr(model, "cfg", None) is not None and model.cfg.predict == "x1":
         return torch.mean((model.denoise(x_t, t, lr, ref, ref_on, ref_conf=ref_conf) - x1) ** 2)
