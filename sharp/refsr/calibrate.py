@@ -25,8 +25,9 @@ from .transfer import fit_transfer_gain, gated_detail
 @torch.no_grad()
 def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit: int = 0,
                      temperature: Optional[float] = None,
-                     progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder).
+                     progress: Optional[Callable[[int, int], None]] = None, vae=None) -> dict:
+    """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder);
+    vae: the LatentCodec of a latent-space checkpoint.
 
     Returns {"ref_transfer": lambda, "images": n, "psnr_gain_db": mean PSNR change on them,
     "data": the folders}."""
@@ -39,7 +40,7 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit
     for k, (folder, i) in enumerate(jobs):
         hr, lr, ref = folder.load(i)
         sr = super_resolve(model, lr[0].permute(1, 2, 0), ref[0].permute(1, 2, 0), scale=scale,
-                           steps=steps, temperature=temperature, ref_transfer=0.0)
+                           steps=steps, temperature=temperature, ref_transfer=0.0, vae=vae)
         sr = sr.permute(2, 0, 1)[None]
         errors.append(hr - sr)
         gated.append(gated_detail(*align_reference(ref, upsample(lr, hr.shape[-2:]), scale, "local"),

@@ -173,20 +173,22 @@ class DSDiT(nn.Module):
         return c_lr, c_ref
 
     def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None,
-                ref_conf=None):
+                ref_conf=None, clean=False):
         """The velocity [B, C, H, W] (see `network`); for cfg.predict "x1" it is derived from the
-        clean estimate, v = (x1_hat - x_t) / (1 - t)."""
+        clean estimate, v = (x1_hat - x_t) / (1 - t). clean=True returns the clean estimate
+        x1_hat = x_t + (1 - t) v instead (exact for predict "x1"); through forward so that
+        DistributedDataParallel sees it."""
         out, weights = self.network(x_t, t, lr, ref, ref_on, conds, ref_conf)
-        if self.cfg.predict == "x1":
-            out = (out - x_t) / (1.0 - t).clamp_min(1e-4)[:, None, None, None]
+        rest = (1.0 - t)[:, None, None, None]
+        if clean and self.cfg.predict == "v":
+            out = x_t + rest * out
+        elif not clean and self.cfg.predict == "x1":
+            out = (out - x_t) / rest.clamp_min(1e-4)
         return (out, weights) if return_weights else out
 
     def denoise(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
-        """The clean estimate x1_hat [B, C, H, W] = x_t + (1 - t) v (exact for predict "x1")."""
-        out, _ = self.network(x_t, t, lr, ref, ref_on, conds, ref_conf)
-        if self.cfg.predict == "x1":
-            return out
-        return x_t + (1.0 - t)[:, None, None, None] * out
+        """The clean estimate x1_hat [B, C, H, W] (forward with clean=True)."""
+        return self(x_t, t, lr, ref, ref_on, conds=conds, ref_conf=ref_conf, clean=True)
 
     def network(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
         """x_t, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); t: [B].
