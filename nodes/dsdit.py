@@ -151,8 +151,9 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
                 io.Combo.Input("scale", options=list(SCALES), default=4,
                                tooltip="Upscaling factor: the output is scale x the LR size."),
-                io.Int.Input("steps", default=20, min=1, max=200,
-                             tooltip="Euler steps of the flow sampler per tile."),
+                io.Int.Input("steps", default=0, min=0, max=200,
+                             tooltip="Euler steps of the flow sampler per tile; 0 = the checkpoint's "
+                                     "default (1 for one-step checkpoints, else 20)."),
                 io.Float.Input(
                     "guidance", default=1.0, min=0.0, max=10.0, step=0.05,
                     tooltip="Autoguidance g: v = v_noRef + g (v_Ref - v_noRef). 1 disables it (one pass per "
@@ -197,7 +198,7 @@ class DSDiTReferenceSR(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lr, ref, scale=4, steps=20, guidance=1.0, seed=0, tile_size=512, overlap=64,
+    def execute(cls, model, lr, ref, scale=4, steps=0, guidance=1.0, seed=0, tile_size=512, overlap=64,
                 temperature=-1.0, register_ref=True, ref_transfer=-1.0, vae=None) -> io.NodeOutput:
         if int(scale) not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -222,8 +223,8 @@ class DSDiTReferenceSR(io.ComfyNode):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=float(guidance),
-                                    seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
+                out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps) or None,
+                                    guidance=float(guidance), seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
                                     progress=progress, register=bool(register_ref),
                                     temperature=None if temperature < 0 else float(temperature),
                                     ref_transfer=None if ref_transfer < 0 else float(ref_transfer))
