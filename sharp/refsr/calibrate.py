@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .api import default_temperature, super_resolve
+from .api import default_steps, default_temperature, super_resolve
 from .checkpoint import load_dsdit, read_checkpoint, save_checkpoint
 from .data import TripletFolder, upsample
 from .model import DSDiT
@@ -23,7 +23,7 @@ from .transfer import fit_transfer_gain, gated_detail
 
 
 @torch.no_grad()
-def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit: int = 0,
+def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: Optional[int] = None, limit: int = 0,
                      temperature: Optional[float] = None,
                      progress: Optional[Callable[[int, int], None]] = None, vae=None) -> dict:
     """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder);
@@ -36,6 +36,8 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit
     jobs = [(f, i) for f in folders for i in range(len(f) if limit <= 0 else min(limit, len(f)))]
     if temperature is None:
         temperature = default_temperature(model)
+    if steps is None:
+        steps = default_steps(model)
     errors, gated = [], []
     for k, (folder, i) in enumerate(jobs):
         hr, lr, ref = folder.load(i)

@@ -155,3 +155,21 @@ def test_ref_as_target_doubles_the_pairs_and_swaps_roles(tmp_path):
     torch.testing.assert_close(both.ref[1], align_reference(hr, up_ref, 4, "global")[0])
     torch.testing.assert_close(both.ref[0], align_reference(ref, both.up[0], 4, "global")[0])
     assert load_image(root / "Ref" / folder.names[0]).shape == both.hr[1].shape
+
+
+def test_checkpoints_from_before_the_predict_field_load_as_velocity_models(tmp_path):
+    """A checkpoint written by the previous code has no "predict" key in its config JSON."""
+    from safetensors.torch import save_file
+
+    from sharp.refsr.config import FORMAT, FORMAT_VERSION
+
+    old = DSDiTConfig(cond_highpass=True)
+    model = DSDiT(old)
+    data = json.loads(old.to_json())
+    del data["predict"]
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                        "dsdit_config": json.dumps(data)})
+    loaded = load_dsdit(path)
+    assert loaded.cfg == old and loaded.cfg.predict == "v" and default_steps(loaded) == 20
