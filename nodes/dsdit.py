@@ -161,7 +161,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                    tooltip="Noise seed. Has no effect at temperature 0 (the shipped model's default).",
+                    tooltip="Noise seed. Barely matters for the shipped model's one-step default (about 0.2 of "
+                            "255 levels); no effect at temperature 0; it picks the texture of 20-step samples.",
                 ),
                 io.Int.Input("tile_size", default=512, min=32, max=8192, step=16,
                              tooltip="Tile size in output pixels; peak memory depends on this, not on the "
@@ -170,8 +171,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                              tooltip="Overlap of neighbouring tiles in output pixels, blended smoothly."),
                 io.Float.Input(
                     "temperature", default=-1.0, min=-1.0, max=2.0, step=0.05,
-                    tooltip="Initial-noise scale; -1 = the checkpoint's default (0 for the shipped model: "
-                            "deterministic, PSNR-oriented). 1 gives textured samples.",
+                    tooltip="Initial-noise scale; -1 = the checkpoint's default (1 for the shipped model, whose "
+                            "one-step default is PSNR-oriented). 1 with 20 steps gives textured samples.",
                     **advanced(),
                 ),
                 io.Boolean.Input(

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                         "such as the shipped one, else 20)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="autoguidance scale g (v_weak + g (v_ref - v_weak)); 1 disables")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (no effect at temperature 0)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (no effect at temperature 0; little for one-step estimates)")
     p.add_argument("--temperature", type=float, default=None,
                    help="initial-noise scale (default: the checkpoint's; 0 = deterministic)")
     p.add_argument("--ref-transfer", type=float, default=None, metavar="LAMBDA",

@@ -131,8 +131,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[in
     tile. register: align the Ref to the upsampled LR (global shift + colour, and a local
     warp for checkpoints with ref_align "local"; see registration.align_reference).
     temperature: scale of the initial noise; None takes the checkpoint's default (chosen on
-    validation at training time; 0 for the shipped small model: a deterministic, PSNR-oriented
-    path on which the seed has no effect), else 1 (the trained distribution).
+    validation at training time; 1 for the shipped model, whose default of one step is then the
+    PSNR-oriented conditional-mean estimate), else 1 (the trained distribution).
     ref_transfer: gain lambda of the reference detail transfer (sharp.refsr.transfer: the Ref's
     locally aligned detail, gated by matching confidence, added after sampling); None takes the
     checkpoint's fitted value, 0 turns it off. Needs a Ref.
