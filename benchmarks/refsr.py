@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="only print the across-checkpoint table of earlier --json results")
     p.add_argument("--limit", type=int, default=6, help="number of images (0 = all)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--guidance", type=float, default=2.0, help="g for the ref+AG variant")
     p.add_argument("--temperature", type=float, default=None, help="default: the checkpoint's")
     p.add_argument("--seeds", type=int, default=1, help="seeds for weak/ref (spread reported)")
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     import torch
 
     from sharp.refsr import load_dsdit, reference_weight_map, super_resolve
-    from sharp.refsr.api import default_ref_transfer, default_temperature
+    from sharp.refsr.api import default_ref_transfer, default_steps, default_temperature
     from sharp.refsr.data import TripletFolder, upsample
     from sharp.refsr.metrics import psnr, ssim
     from sharp.spectrum import log_spectral_distance
@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
     model = load_dsdit(ckpt)
     temperature = default_temperature(model) if args.temperature is None else args.temperature
+    args.steps = default_steps(model) if args.steps is None else args.steps
     print(f"{ckpt}: {n} images of {data}, {args.steps} steps, temperature {temperature}, "
           f"AG g={args.guidance}", flush=True)
 

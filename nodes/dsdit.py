@@ -215,8 +215,9 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
                 io.Combo.Input("scale", options=list(SCALES), default=4,
                                tooltip="Upscaling factor: the output is scale x the LR size."),
-                io.Int.Input("steps", default=20, min=1, max=200,
-                             tooltip="Euler steps of the flow sampler per tile."),
+                io.Int.Input("steps", default=0, min=0, max=200,
+                             tooltip="Euler steps of the flow sampler per tile; 0 = the checkpoint's "
+                                     "default (1 for one-step checkpoints, else 20)."),
                 io.Float.Input(
                     "guidance", default=1.0, min=0.0, max=10.0, step=0.05,
                     tooltip="Autoguidance g: v = v_noRef + g (v_Ref - v_noRef). 1 disables it (one pass per "
@@ -224,7 +225,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                    tooltip="Noise seed. Has no effect at temperature 0 (the shipped model's default).",
+                    tooltip="Noise seed. Barely matters for the shipped model's one-step default (about 0.2 of "
+                            "255 levels); no effect at temperature 0; it picks the texture of 20-step samples.",
                 ),
                 io.Int.Input("tile_size", default=512, min=32, max=8192, step=16,
                              tooltip="Tile size in output pixels; peak memory depends on this, not on the "
@@ -233,8 +235,8 @@ class DSDiTReferenceSR(io.ComfyNode):
                              tooltip="Overlap of neighbouring tiles in output pixels, blended smoothly."),
                 io.Float.Input(
                     "temperature", default=-1.0, min=-1.0, max=2.0, step=0.05,
-                    tooltip="Initial-noise scale; -1 = the checkpoint's default (0 for the shipped model: "
-                            "deterministic, PSNR-oriented). 1 gives textured samples.",
+                    tooltip="Initial-noise scale; -1 = the checkpoint's default (1 for the shipped model, whose "
+                            "one-step default is PSNR-oriented). 1 with 20 steps gives textured samples.",
                     **advanced(),
                 ),
                 io.Boolean.Input(
@@ -262,7 +264,7 @@ class DSDiTReferenceSR(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lr, ref, scale=4, steps=20, guidance=1.0, seed=0, tile_size=512, overlap=64,
+    def execute(cls, model, lr, ref, scale=4, steps=0, guidance=1.0, seed=0, tile_size=512, overlap=64,
                 temperature=-1.0, register_ref=True, ref_transfer=-1.0, vae=None) -> io.NodeOutput:
         if int(scale) not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
@@ -296,7 +298,7 @@ class DSDiTReferenceSR(io.ComfyNode):
         library_log.addHandler(notes)
         model.to(device)
         try:
-            out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps), guidance=guidance,
+            out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps) or None, guidance=guidance,
                                 seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
                                 progress=progress, register=bool(register_ref),
                                 temperature=None if temperature < 0 else temperature,   # NaN: refused there

@@ -104,8 +104,9 @@ class DSDiTSceneSR(io.ComfyNode):
                                 tooltip="File name of the result in ComfyUI's output folder."),
                 io.Combo.Input("scale", options=list(SCALES), default=4,
                                tooltip="Upscaling factor: output pixels are the LR's / scale."),
-                io.Int.Input("steps", default=20, min=1, max=200,
-                             tooltip="Euler steps of the flow sampler per tile."),
+                io.Int.Input("steps", default=0, min=0, max=200,
+                             tooltip="Euler steps of the flow sampler per tile; 0 = the checkpoint's "
+                                     "recommended steps (1 for the shipped one-step model)."),
                 io.String.Input("bands", default="",
                                 tooltip="LR bands for R,G,B, e.g. 3,2,1 or red,green,blue; empty = "
                                         "by colour interpretation, else 1,2,3."),
@@ -138,7 +139,7 @@ class DSDiTSceneSR(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lr_file, ref_file=NO_REF, output_name="refsr_scene.tif", scale=4,
-                steps=20, bands="", ref_bands="", tile_size=512, overlap=64, resume=False,
+                steps=0, bands="", ref_bands="", tile_size=512, overlap=64, resume=False,
                 overwrite=False, seed=0, cog=True) -> io.NodeOutput:
         try:
             from sharp.scene import SceneError, super_resolve_scene
@@ -167,7 +168,7 @@ class DSDiTSceneSR(io.ComfyNode):
         device = comfy.model_management.get_torch_device()
         model.to(device)
         try:
-            s = super_resolve_scene(lr, ref, out, model, scale=int(scale), steps=int(steps),
+            s = super_resolve_scene(lr, ref, out, model, scale=int(scale), steps=int(steps) or None,
                                     bands=bands.strip() or None, ref_bands=ref_bands.strip() or None,
                                     seed=int(seed), tile=int(tile_size), overlap=int(overlap),
                                     workers=0, resume=bool(resume), overwrite=bool(overwrite),

@@ -244,7 +244,7 @@ def test_ref_of_other_size_is_resized(server):
 def test_invalid_widgets_are_node_errors(server):
     api = _api()
     sr = _sr_id(api)
-    api[sr]["inputs"]["steps"] = 0
+    api[sr]["inputs"]["steps"] = -1          # 0 is valid: the checkpoint's default
     api[sr]["inputs"]["tile_size"] = 100000
     status, body = server.post("/prompt", {"prompt": api})
     assert status == 400, json.dumps(body)[:2000]

@@ -62,7 +62,7 @@ def test_schemas(nodes):
                                          "overlap", "temperature", "register_ref", "ref_transfer", "vae"]
     assert ins["model"].io_type == "DSDIT" and ins["lr"].io_type == ins["ref"].io_type == "IMAGE"
     assert ins["scale"].options == [2, 4, 8] and ins["scale"].default == 4
-    assert ins["steps"].default == 20 and ins["guidance"].default == 1.0
+    assert ins["steps"].default == 0 and ins["steps"].min == 0 and ins["guidance"].default == 1.0
     assert ins["seed"].extra.get("control_after_generate") is True
     assert ins["vae"].io_type == "VAE" and ins["vae"].optional
     assert not any(ins[k].optional for k in ("model", "lr", "ref"))
@@ -346,7 +346,7 @@ def test_workflow_contents():
         by_type.setdefault(n["class_type"], []).append(n["inputs"])
     (loader,), (sr,) = by_type["SHARPLoadDSDiT"], by_type["SHARPDSDiTReferenceSR"]
     assert loader["ckpt_name"].startswith("dsdit_small.safetensors") and loader["path"] == ""
-    assert sr["scale"] == 4 and sr["steps"] == 20 and sr["guidance"] == 1.0
+    assert sr["scale"] == 4 and sr["steps"] == 0 and sr["guidance"] == 1.0
     images = sorted(i["image"] for i in by_type["LoadImage"])
     assert images == ["sharp_refsr_lr.jpg", "sharp_refsr_ref.jpg"]
     assert api[sr["lr"][0]]["inputs"]["image"] == "sharp_refsr_lr.jpg"

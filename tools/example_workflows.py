@@ -344,7 +344,8 @@ DSDIT_NOTE = "\n\n".join([
     "folder as sharp_refsr_lr.jpg and sharp_refsr_ref.jpg when they are missing (never over your files), so Run "
     "works as is.",
     "CHANGE FIRST: the two Load Image nodes (your LR image and a reference of the same place).",
-    "COST: about 20 s on 2 CPU cores (20 steps, one 480 px tile); no GPU needed.",
+    "COST: a few seconds on 2 CPU cores (steps 0 = the checkpoint's own: one step for the shipped model; "
+    "one 480 px tile); no GPU needed. Steps 20 with temperature 1 give a textured sample (~20x the time).",
     "Saves to output/SHARP/."])
 
 

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("--ckpt", required=True, help="DS-DiT .safetensors checkpoint")
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     p.add_argument("--out", help="write here instead of updating --ckpt in place")
-    p.add_argument("--steps", type=int, default=20, help="Euler steps (as at inference)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Euler steps (as at inference; default: the checkpoint's)")
     p.add_argument("--limit", type=int, default=0, help="images per folder (0 = all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=run)

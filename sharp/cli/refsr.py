@@ -15,10 +15,12 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output image (PNG recommended)")
     p.add_argument("--ckpt", help="DS-DiT .safetensors checkpoint (default: the shipped small one)")
     p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
-    p.add_argument("--steps", type=int, default=20, help="Euler steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Euler steps (default: the checkpoint's; 1 for one-step x1 checkpoints "
+                        "such as the shipped one, else 20)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="autoguidance scale g (v_weak + g (v_ref - v_weak)); 1 disables")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (no effect at temperature 0)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (no effect at temperature 0; little for one-step estimates)")
     p.add_argument("--temperature", type=float, default=None,
                    help="initial-noise scale (default: the checkpoint's; 0 = deterministic)")
     p.add_argument("--ref-transfer", type=float, default=None, metavar="LAMBDA",

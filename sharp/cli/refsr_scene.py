@@ -29,7 +29,7 @@ def register(subparsers) -> None:
                    help="LR values mapped to the model's 0..1 (default: uint8 0,255; other types "
                         "the 0.1/99.9 percentiles of each band); written back the same way")
     p.add_argument("--ref-range", metavar="LO,HI", help="as --range, for the Ref")
-    p.add_argument("--steps", type=int, default=20, help="Euler steps")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=1.0, help="autoguidance scale; 1 disables")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=None,

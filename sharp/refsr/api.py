@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsdit_small.safetensors"
 
-__all__ = ["DEFAULT_CHECKPOINT", "default_ref_transfer", "default_temperature", "load_dsdit",
+__all__ = ["DEFAULT_CHECKPOINT", "default_ref_transfer", "default_steps", "default_temperature",
+           "load_dsdit",
            "super_resolve", "prepare_inputs", "reference_weight_map"]
 
 
@@ -92,6 +93,12 @@ def default_temperature(model: DSDiT) -> float:
     return _sampling_default(model, "temperature", 1.0)
 
 
+def default_steps(model: DSDiT) -> int:
+    """The checkpoint's recommended number of Euler steps (20 if it has none; 1 for x1-predicting
+    checkpoints whose one-step conditional-mean estimate won on validation)."""
+    return max(1, int(_sampling_default(model, "steps", 20)))
+
+
 def default_ref_transfer(model: DSDiT) -> float:
     """The checkpoint's fitted reference-detail-transfer gain lambda (0 = off if it has none)."""
     return _sampling_default(model, "ref_transfer", 0.0)
@@ -105,7 +112,7 @@ def _from_bchw(t: torch.Tensor, batched: bool, like):
 
 
 @torch.no_grad()
-def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
+def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[int] = None,
                   guidance: float = 1.0, seed: int = 0, tile: int = 512, overlap: int = 64,
                   vae: Optional[LatentCodec] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
@@ -121,16 +128,19 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: int = 20,
     tile. register: align the Ref to the upsampled LR (global shift + colour, and a local
     warp for checkpoints with ref_align "local"; see registration.align_reference).
     temperature: scale of the initial noise; None takes the checkpoint's default (chosen on
-    validation at training time; 0 for the shipped small model: a deterministic, PSNR-oriented
-    path on which the seed has no effect), else 1 (the trained distribution).
+    validation at training time; 1 for the shipped model, whose default of one step is then the
+    PSNR-oriented conditional-mean estimate), else 1 (the trained distribution).
     ref_transfer: gain lambda of the reference detail transfer (sharp.refsr.transfer: the Ref's
     locally aligned detail, gated by matching confidence, added after sampling); None takes the
     checkpoint's fitted value, 0 turns it off. Needs a Ref.
     cancel(): called inside every long stage (registration, each tile, the transfer); it aborts the
     call by raising (ComfyUI: throw_exception_if_processing_interrupted). memory_limit: bytes the
     whole-image stages may use (None: what the system reports available); a request that needs more
-    is refused before allocating (sharp.refsr.limits)."""
+    is refused before allocating (sharp.refsr.limits).
+    steps: Euler steps; None takes the checkpoint's default (else 20)."""
     cfg = model.cfg
+    steps = default_steps(model) if steps is None else \
+        int(check_number("steps", steps, *SAMPLING_BOUNDS["steps"]))
     temperature = default_temperature(model) if temperature is None else \
         check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
     gain = default_ref_transfer(model) if ref_transfer is None else \

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .api import default_temperature, super_resolve
+from .api import default_steps, default_temperature, super_resolve
 from .checkpoint import load_dsdit, read_checkpoint, save_checkpoint
 from .data import TripletFolder, upsample
 from .model import DSDiT
@@ -23,10 +23,11 @@ from .transfer import fit_transfer_gain, gated_detail
 
 
 @torch.no_grad()
-def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit: int = 0,
+def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: Optional[int] = None, limit: int = 0,
                      temperature: Optional[float] = None,
-                     progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder).
+                     progress: Optional[Callable[[int, int], None]] = None, vae=None) -> dict:
+    """lambda fitted on the triplets of `roots` (all, or the first `limit` of each folder);
+    vae: the LatentCodec of a latent-space checkpoint.
 
     Returns {"ref_transfer": lambda, "images": n, "psnr_gain_db": mean PSNR change on them,
     "data": the folders}."""
@@ -35,11 +36,13 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: int = 20, limit
     jobs = [(f, i) for f in folders for i in range(len(f) if limit <= 0 else min(limit, len(f)))]
     if temperature is None:
         temperature = default_temperature(model)
+    if steps is None:
+        steps = default_steps(model)
     errors, gated = [], []
     for k, (folder, i) in enumerate(jobs):
         hr, lr, ref = folder.load(i)
         sr = super_resolve(model, lr[0].permute(1, 2, 0), ref[0].permute(1, 2, 0), scale=scale,
-                           steps=steps, temperature=temperature, ref_transfer=0.0)
+                           steps=steps, temperature=temperature, ref_transfer=0.0, vae=vae)
         sr = sr.permute(2, 0, 1)[None]
         errors.append(hr - sr)
         gated.append(gated_detail(*align_reference(ref, upsample(lr, hr.shape[-2:]), scale, "local"),

@@ -93,7 +93,7 @@ def sampling_defaults(meta: dict) -> dict:
         raise ValueError(f"'sampling_defaults' metadata is longer than {MAX_CONFIG_CHARS} characters")
     data = parse_json_object(raw, "'sampling_defaults' metadata")
     out = {}
-    for key in ("temperature", "ref_transfer"):
+    for key in ("temperature", "ref_transfer", "steps"):
         if key in data:
             out[key] = check_number(f"sampling_defaults.{key}", data[key], *SAMPLING_BOUNDS[key])
     return out

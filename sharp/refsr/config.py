@@ -48,6 +48,11 @@ class DSDiTConfig:
     # Flow target: "residual" (HR - up(LR), scaled by res_scale) or "direct" (the HR itself).
     target: str = "residual"
     res_scale: float = 15.0   # (0, 1e4], finite; ~1 / std of the pixel residual in [-1, 1] on RRSSRD
+    # What the network outputs: "v" (the velocity x1 - x0) or "x1" (the clean target itself; the
+    # velocity is then (x1_hat - x_t) / (1 - t)). With "x1", one Euler step from temperature-1 noise
+    # returns x1_hat(x0, t=0), the conditional-mean (PSNR-optimal) estimate, on the training
+    # distribution; more steps give textured samples as before.
+    predict: str = "v"
     scale: int = 4           # [1, 16]; SR factor the checkpoint was trained for (x2, x8 also run)
 
     @property
@@ -103,6 +108,8 @@ class DSDiTConfig:
             raise ValueError(f"config.ref_align must be 'global' or 'local', got {short_repr(self.ref_align)}")
         if self.weak_ref not in ("off", "null"):
             raise ValueError(f"config.weak_ref must be 'off' or 'null', got {short_repr(self.weak_ref)}")
+        if self.predict not in ("v", "x1"):
+            raise ValueError(f"config.predict must be 'v' or 'x1', got {short_repr(self.predict)}")
         if self.target not in ("residual", "direct"):
             raise ValueError(f"config.target must be 'residual' or 'direct', got {short_repr(self.target)}")
         for name, (lo, hi) in INT_BOUNDS.items():
@@ -128,7 +135,8 @@ FLOAT_BOUNDS = {"mlp_ratio": 16.0, "res_scale": 1e4}   # (0, hi], finite
 
 # Sampling settings: the super_resolve arguments and the checkpoint's "sampling_defaults" metadata
 # (chosen at training time) are checked against the same closed ranges.
-SAMPLING_BOUNDS = {"guidance": (0.0, 100.0), "temperature": (0.0, 10.0), "ref_transfer": (0.0, 10.0)}
+SAMPLING_BOUNDS = {"guidance": (0.0, 100.0), "temperature": (0.0, 10.0), "ref_transfer": (0.0, 10.0),
+                   "steps": (1, 1000)}
 
 
 def check_number(name: str, value, lo: float, hi: float, where: str = "") -> float:
@@ -169,6 +177,10 @@ PRESETS = {
     # small + issue 6's matching aids: local alignment, confidence tokens, null-Ref weak path
     "small-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
                                weak_ref="null"),
+    # issue 14: small-match 6x wider/deeper, predicting x1 (one-step conditional-mean estimate)
+    "medium-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
+                                weak_ref="null", predict="x1", dim=64, depth=4, heads=4,
+                                encoder_depth=4, plw_hidden=16),
     "base": DSDiTConfig(cond_highpass=True, dim=192, depth=8, heads=6, radius=3, mlp_ratio=4.0, encoder_depth=3,
                         plw_hidden=64),
     "large": DSDiTConfig(space="latent", latent_channels=16, latent_downscale=8, patch=2,

@@ -14,6 +14,7 @@ teach alone.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def load_image(path: str | Path) -> torch.Tensor:
 def upsample(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic upsampling of [B, 3, h, w] to size (H, W), clamped to [0, 1]."""
     return F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def rrssrd_degrade(hr: torch.Tensor, scale: int = 4, jpeg_quality: int = 95) -> torch.Tensor:
+    """The RRSSRD LR of an HR image [1, 3, H, W] in [0, 1]: antialiased bicubic down by `scale`,
+    8-bit, JPEG at quality 95. Checked against val_1st's real LR/HR pairs (10 images, mean PSNR
+    of this LR against the real one): bicubic with antialias 38.0 dB, without 31.5, area 37.2;
+    plus JPEG q95 44.8 dB (q90 35.9, q75 33.0) -- so the real LR is bicubic x4 + JPEG q95."""
+    lr = F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True,
+                       align_corners=False).clamp(0.0, 1.0)
+    arr = (lr[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    if jpeg_quality:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, "JPEG", quality=jpeg_quality)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            arr = np.array(im.convert("RGB"))
+    return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
 
 
 class TripletFolder:
@@ -118,10 +136,15 @@ class RefSRDataset(torch.utils.data.Dataset):
     Each item is a dict of float tensors [3, crop, crop] in [0, 1]: "hr", "up" (bicubic-upsampled
     LR, aligned to HR) and "ref" (registered real Ref, or synthetic with probability
     synthetic_ref_prob); "conf" [1, crop, crop] (the Ref's matching confidence); plus
-    "synthetic" (bool). align: "global" or "local" (see registration.align_reference)."""
+    "synthetic" (bool). align: "global" or "local" (see registration.align_reference).
+
+    ref_as_target (issue 14): every Ref is a high-resolution image too, so each triplet also
+    gives the pair target = Ref, LR = rrssrd_degrade(Ref), Ref = the HR of the same place
+    (aligned the same way): twice the training targets."""
 
     def __init__(self, roots, crop: int = 64, scale: int = 4, synthetic_ref_prob: float = 0.5,
-                 register: bool = True, length: int = 10000, seed: int = 0, align: str = "global"):
+                 register: bool = True, length: int = 10000, seed: int = 0, align: str = "global",
+                 ref_as_target: bool = False):
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if crop % scale:
             raise ValueError(f"crop ({crop}) must be a multiple of scale ({scale})")
@@ -139,12 +162,16 @@ class RefSRDataset(torch.utils.data.Dataset):
                     raise ValueError(f"{folder.root}/*/{folder.names[i]}: sizes HR {tuple(hr.shape[-2:])}, "
                                      f"LR {tuple(lr.shape[-2:])}, Ref {tuple(ref.shape[-2:])} do not "
                                      f"fit scale {scale}")
-                up = upsample(lr, hr.shape[-2:])
-                ref, conf = align_reference(ref, up, scale, align, register)
-                self.hr.append(hr)
-                self.up.append(up)
-                self.ref.append(ref)
-                self.conf.append(conf)
+                pairs = [(hr, lr, ref)]
+                if ref_as_target:
+                    pairs.append((ref, rrssrd_degrade(ref, scale), hr))
+                for target, low, other in pairs:
+                    up = upsample(low, target.shape[-2:])
+                    other, conf = align_reference(other, up, scale, align, register)
+                    self.hr.append(target)
+                    self.up.append(up)
+                    self.ref.append(other)
+                    self.conf.append(conf)
 
     def __len__(self) -> int:
         return self.length

@@ -22,21 +22,42 @@ def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Te
     return (1.0 - t) * x0 + t * x1
 
 
-def sample_t(batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Logit-normal(0, 1) timesteps [B] (SD3), concentrating training on mid-range t."""
-    return torch.sigmoid(torch.randn(batch, generator=generator))
+def sample_t(batch: int, generator: Optional[torch.Generator] = None,
+             t0_prob: float = 0.0) -> torch.Tensor:
+    """Logit-normal(0, 1) timesteps [B] (SD3), concentrating training on mid-range t; with
+    t0_prob > 0 that share of them is exactly 0 (pure noise: the one-step estimate)."""
+    t = torch.sigmoid(torch.randn(batch, generator=generator))
+    if t0_prob > 0:
+        t = torch.where(torch.rand(batch, generator=generator) < t0_prob, torch.zeros_like(t), t)
+    return t
 
 
-def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None) -> torch.Tensor:
-    """Rectified-flow MSE between predicted and true velocity x1 - x0.
+def flow_noise(shape, generator=None, t0_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of one training batch: noise x0 [shape] and times t [B] (CPU)."""
+    return torch.randn(shape, generator=generator), sample_t(shape[0], generator, t0_prob)
 
-    x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for that sample;
-    ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence)."""
-    b = x1.shape[0]
-    x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)   # CPU generator
-    t = sample_t(b, generator).to(x1.device)
-    v = model(interpolate(x0, x1, t), t, lr, ref, ref_on, ref_conf=ref_conf)
-    return torch.mean((v - (x1 - x0)) ** 2)
+
+def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None,
+              t0_prob: float = 0.0, noise=None) -> torch.Tensor:
+    """Rectified-flow loss. x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for
+    that sample; ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence).
+    noise: (x0, t) drawn beforehand (flow_noise; data-parallel ranks slice one global draw),
+    else drawn here from generator.
+
+    cfg.predict "v": MSE between predicted and true velocity x1 - x0.
+    cfg.predict "x1": MSE between the clean estimate x1_hat and x1 (the regression loss; the
+    velocity then follows from x1_hat). t0_prob: the share of samples trained at t = 0 exactly,
+    where x_t is pure noise and x1_hat is the conditional-mean estimate that one-step sampling
+    returns (logit-normal t almost never comes close to 0)."""
+    x0, t = noise if noise is not None else flow_noise(x1.shape, generator, t0_prob)
+    x0, t = x0.to(x1.device, x1.dtype), t.to(x1.device)
+    x_t = interpolate(x0, x1, t)
+    cfg = getattr(getattr(model, "module", model), "cfg", None)      # DDP wraps the model
+    if cfg is not None and cfg.predict == "x1":
+        return torch.mean((model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf, clean=True).float()
+                           - x1) ** 2)
+    v = model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf)
+    return torch.mean((v.float() - (x1 - x0)) ** 2)
 
 
 def autoguidance(v_weak: torch.Tensor, v_strong: torch.Tensor, g: float) -> torch.Tensor:

@@ -173,12 +173,29 @@ class DSDiT(nn.Module):
         return c_lr, c_ref
 
     def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None,
-                ref_conf=None):
+                ref_conf=None, clean=False):
+        """The velocity [B, C, H, W] (see `network`); for cfg.predict "x1" it is derived from the
+        clean estimate, v = (x1_hat - x_t) / (1 - t). clean=True returns the clean estimate
+        x1_hat = x_t + (1 - t) v instead (exact for predict "x1"); through forward so that
+        DistributedDataParallel sees it."""
+        out, weights = self.network(x_t, t, lr, ref, ref_on, conds, ref_conf)
+        rest = (1.0 - t)[:, None, None, None]
+        if clean and self.cfg.predict == "v":
+            out = x_t + rest * out
+        elif not clean and self.cfg.predict == "x1":
+            out = (out - x_t) / rest.clamp_min(1e-4)
+        return (out, weights) if return_weights else out
+
+    def denoise(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
+        """The clean estimate x1_hat [B, C, H, W] (forward with clean=True)."""
+        return self(x_t, t, lr, ref, ref_on, conds=conds, ref_conf=ref_conf, clean=True)
+
+    def network(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
         """x_t, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); t: [B].
         ref_conf: [B, 1, H', W'] matching confidence at image resolution (see encode_conditions).
         conds: optional precomputed encode_conditions(...) (then lr/ref are not re-encoded).
 
-        Returns the velocity [B, C, H, W] (and the per-block PLW maps if return_weights)."""
+        Returns (the raw output [B, C, H, W]: velocity or x1 by cfg.predict, per-block PLW maps)."""
         p = self.cfg.patch
         if x_t.shape[-2] % p or x_t.shape[-1] % p:
             raise ValueError(f"grid size {tuple(x_t.shape[-2:])} is not a multiple of patch {p}")
@@ -191,5 +208,4 @@ class DSDiT(nn.Module):
             x, w = block(x, temb, c_lr, c_ref, branch_on)
             weights.append(w)
         shift, scale = self.ada_out(F.silu(temb)).chunk(2, dim=-1)
-        v = unpatchify(self.out(modulate(self.norm_out(x), shift, scale)), p)
-        return (v, weights) if return_weights else v
+        return unpatchify(self.out(modulate(self.norm_out(x), shift, scale)), p), weights

@@ -23,15 +23,18 @@ from .calibrate import fit_ref_transfer, transfer_defaults
 from .checkpoint import save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .data import RefSRDataset, TripletFolder, upsample
-from .flow import euler_sample, flow_loss
+from .distributed import DataParallel
+from .flow import euler_sample, flow_loss, flow_noise
 from .metrics import psnr
 from .model import DSDiT
 from .registration import align_reference
-from .space import WorkingSpace
+from .space import LatentCodec, WorkingSpace
 
 
-def load_validation(root, n: int, crop: int, scale: int, align: str = "global") -> list[dict]:
-    """Centre crops (side `crop`) of the first n triplets of one folder, Ref aligned."""
+def load_validation(root, n: int, crop: int, scale: int, align: str = "global",
+                    unit: int = 16) -> list[dict]:
+    """Centre crops (side `crop`, whole tokens of `unit` pixels) of the first n triplets of
+    one folder, Ref aligned."""
     folder = TripletFolder(root)
     items = []
     for i in range(min(n, len(folder))):
@@ -39,7 +42,8 @@ def load_validation(root, n: int, crop: int, scale: int, align: str = "global") 
         up = upsample(lr, hr.shape[-2:])
         ref, conf = align_reference(ref, up, scale, align)
         h, w = hr.shape[-2:]
-        c = min(crop, h, w) // 16 * 16                    # whole tokens for patch sizes up to 16
+        step = math.lcm(16, unit)                         # whole tokens for patch sizes up to 16
+        c = max(step, min(crop, h, w) // step * step)
         y, x = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
         items.append({k: v[:, :, y:y + c, x:x + c] for k, v in
                       (("hr", hr), ("up", up), ("ref", ref), ("conf", conf))})
@@ -48,9 +52,9 @@ def load_validation(root, n: int, crop: int, scale: int, align: str = "global") 
 
 @torch.no_grad()
 def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0,
-             temperature: float = 1.0) -> dict:
+             temperature: float = 1.0, vae: Optional[LatentCodec] = None) -> dict:
     """Mean PSNR of bicubic, weak (no Ref) and Ref samples on validation crops."""
-    space = WorkingSpace(model.cfg)
+    space = WorkingSpace(model.cfg, vae)
     device = next(model.parameters()).device
     out = {"bicubic": [], "weak": [], "ref": []}
     for it in items:
@@ -65,14 +69,28 @@ def validate(model: DSDiT, items: list[dict], steps: int = 10, seed: int = 0,
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
-def choose_temperature(model: DSDiT, items: list[dict], temperatures=(0.0, 0.5, 1.0)) -> dict:
-    """Validation PSNR (Ref variant) per initial-noise temperature; the best becomes the
-    checkpoint's default. Small models cannot predict fine texture, so a sample at temperature
-    1 has the right statistics but the wrong phase, and loses PSNR to the deterministic
-    temperature-0 path, which stays close to the conditional mean."""
-    scores = {t: validate(model, items, temperature=t)["ref"] for t in temperatures}
-    return {"temperature": max(scores, key=scores.get),
-            "val_psnr_by_temperature": {str(t): v for t, v in scores.items()}}
+def sampling_candidates(cfg: DSDiTConfig) -> list[tuple[int, float]]:
+    """(Euler steps, temperature) pairs compared on validation. For x1-predicting models the
+    first is the one-step estimate from temperature-1 noise (x1_hat at t = 0, on the training
+    distribution); the others are the deterministic temperature-0 path and a full sample."""
+    if cfg.predict == "x1":
+        return [(1, 1.0), (20, 0.0), (20, 1.0)]
+    return [(10, 0.0), (10, 0.5), (10, 1.0)]
+
+
+def choose_sampling(model: DSDiT, items: list[dict], vae: Optional[LatentCodec] = None) -> dict:
+    """Validation PSNR (Ref variant) per (steps, temperature); the best becomes the checkpoint's
+    default. A small model cannot predict the exact texture, so a temperature-1 sample has the
+    right statistics but the wrong phase and loses PSNR to an estimate of the conditional mean:
+    the one-step x1 estimate (predict "x1") or the temperature-0 path."""
+    scores = {(n, t): validate(model, items, steps=n, temperature=t, vae=vae)["ref"]
+              for n, t in sampling_candidates(model.cfg)}
+    steps, temperature = max(scores, key=scores.get)
+    out = {"temperature": temperature,
+           "val_psnr_by_steps_temperature": {f"{n},{t}": v for (n, t), v in scores.items()}}
+    if model.cfg.predict == "x1":    # old v checkpoints keep the caller's steps (default 20)
+        out["steps"] = steps
+    return out
 
 
 def _save_state(out: Path, model, ema, opt, generator, info: dict) -> None:
@@ -106,6 +124,10 @@ def _load_state(out: Path, model, ema, opt, generator) -> dict:
     return info
 
 
+def _quiet(_msg: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def lr_at(step: int, steps: int, base: float, warmup: int = 200, time_frac: float = 0.0) -> float:
     """Linear warm-up then cosine decay to 10% of the base learning rate. With a time budget,
     time_frac (elapsed / budget) advances the decay when it is ahead of step / steps, so a run
@@ -122,18 +144,34 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           val_every: int = 1000, val_count: int = 4, val_crop: int = 192, save_every: int = 500,
           max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
           log: Callable[[str], None] = print, progress: bool = True,
-          fit_transfer: bool = True) -> dict:
-    """Train DS-DiT in pixel space on RRSSRD-style folders; returns the final info dict.
+          fit_transfer: bool = True, ref_as_target: bool = False, t0_prob: float = 0.0,
+          precision: str = "fp32", vae: Optional[LatentCodec] = None) -> dict:
+    """Train DS-DiT on RRSSRD-style folders; returns the final info dict.
 
     device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved).
+    precision: "fp32" or "bf16" (torch.autocast on the device; weights, optimizer and EMA stay
+    float32). vae: the LatentCodec of a latent-space config (sharp.refsr.vae.load_vae).
+    Data-parallel: launched by torchrun (WORLD_SIZE > 1), every rank draws the same global batch
+    from the same generator and trains on its 1/WORLD_SIZE slice; DDP averages the gradients, so
+    the run equals one process with the same global `batch` (gloo on CPU, nccl on CUDA; rank 0
+    validates and writes the files).
     fit_transfer: at the end, fit the reference-detail-transfer gain on the training folders
-    (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults."""
+    (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults.
+    ref_as_target: also train on target = Ref, LR = its RRSSRD degradation, Ref = the HR
+    (data.RefSRDataset). t0_prob: share of samples at t = 0 (flow.flow_loss)."""
     from tqdm import tqdm
 
     cfg = PRESETS[config] if isinstance(config, str) else config
-    if cfg.space != "pixel":
-        raise ValueError("train-refsr trains pixel-space models; latent models need a VAE "
-                         "and a GPU (see docs/dsdit.md)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    space = WorkingSpace(cfg, vae)          # raises for a latent config without a matching VAE
+    if crop % cfg.unit:
+        raise ValueError(f"crop ({crop}) must be a multiple of the model's token size {cfg.unit} "
+                         "pixels (patch x VAE downscale)")
+    dist = DataParallel(device)
+    device = dist.device
+    if batch % dist.world:
+        raise ValueError(f"batch ({batch}) must be divisible by the number of processes ({dist.world})")
     out = Path(out)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -143,7 +181,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     info = {"step": 0, "history": [], "args": {
         "data": [str(d) for d in data], "config": cfg.to_json(), "steps": steps, "batch": batch,
         "crop": crop, "lr": lr, "ref_drop": ref_drop, "synthetic_ref_prob": synthetic_ref_prob,
-        "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None}}
+        "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None,
+        "ref_as_target": ref_as_target, "t0_prob": t0_prob}}
     if resume and Path(str(out) + ".state.json").is_file():
         prev = _load_state(out, model, ema, opt, generator)
         if prev["args"]["config"] != cfg.to_json():
@@ -152,12 +191,20 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         info.update(step=prev["step"], history=prev["history"])
         log(f"resumed from step {info['step']}")
     dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob,
-                           seed=seed, align=cfg.ref_align)
-    log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} params")
-    val_items = load_validation(val, val_count, val_crop, cfg.scale, cfg.ref_align) if val else []
-    space = WorkingSpace(cfg)
+                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target)
+    if not dist.main:
+        log = _quiet
+    log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} "
+        f"params; {dist.world} process(es), device {device}, {precision}")
+    val_items = (load_validation(val, val_count, val_crop, cfg.scale, cfg.ref_align, cfg.unit)
+                 if val and dist.main else [])
+    net = dist.wrap(model)
+    space_down = cfg.unit // cfg.patch                  # pixels per working-grid cell
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
     t_start, losses = time.time(), []
-    bar = tqdm(total=steps, initial=info["step"], disable=not progress, desc="train-refsr")
+    bar = tqdm(total=steps, initial=info["step"], disable=not progress or not dist.main,
+               desc="train-refsr")
 
     def checkpoint(sampling: dict | None = None):
         summary = {"step": info["step"], "last_val": next((h for h in reversed(info["history"])
@@ -165,20 +212,34 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         extra = {"training": summary}
         if sampling:
             extra["sampling_defaults"] = sampling
-        save_checkpoint(out, ema, extra=extra)
-        _save_state(out, model, ema, opt, generator, info)
+        if dist.main:
+            save_checkpoint(out, ema, extra=extra)
+            _save_state(out, model, ema, opt, generator, info)
 
     model.train()
     while info["step"] < steps:
         step = info["step"]
+        # rank 0's clock decides the time-based decay and the stop, so all ranks agree
+        time_frac, stop = dist.agree([(time.time() - t_start) / (60 * max_minutes)
+                                      if max_minutes else 0.0, float(info["step"] > 0 and max_minutes
+                                      and time.time() - t_start > 60 * max_minutes)])
+        if stop:
+            log(f"time limit of {max_minutes} min reached at step {info['step']}")
+            break
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, time_frac=(time.time() - t_start) / (60 * max_minutes)
-                                if max_minutes else 0.0)
-        b = {k: v.to(device) for k, v in dataset.batch(batch, generator).items()}
-        up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
-        x1 = space.target(space.encode(b["hr"]), up_z)
-        ref_on = (torch.rand(batch, generator=generator) >= ref_drop).to(device)
-        loss = flow_loss(model, x1, up_z, ref_z, ref_on, generator, ref_conf=b["conf"])
+            group["lr"] = lr_at(step, steps, lr, time_frac=time_frac)
+        full = dataset.batch(batch, generator)              # the same global batch on every rank
+        ref_on = torch.rand(batch, generator=generator) >= ref_drop
+        x0, t = flow_noise((batch, cfg.in_channels, crop // space_down, crop // space_down),
+                           generator, t0_prob)
+        part = dist.slice(batch)
+        b = {k: v[part].to(device) for k, v in full.items()}
+        with torch.no_grad():
+            up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
+            x1 = space.target(space.encode(b["hr"]), up_z)
+        with autocast:
+            loss = flow_loss(net, x1, up_z, ref_z, ref_on[part].to(device), ref_conf=b["conf"],
+                             noise=(x0[part], t[part]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -187,7 +248,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
             d = min(ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
-        losses.append(float(loss.detach()))
+        losses.append(dist.mean(float(loss.detach())))
         info["step"] = step + 1
         bar.update(1)
         if info["step"] % 50 == 0:
@@ -196,31 +257,36 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
             losses = []
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if val_items and (info["step"] % val_every == 0 or info["step"] == steps):
-                rec["val"] = validate(ema, val_items, temperature=0.0)
-                rec["val_t1"] = validate(ema, val_items, temperature=1.0)
-                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR (temperature 0 | 1) "
+                (n0, t0), (n1, t1) = sampling_candidates(cfg)[0], sampling_candidates(cfg)[-1]
+                rec["val"] = validate(ema, val_items, steps=n0, temperature=t0, vae=vae)
+                rec["val_t1"] = validate(ema, val_items, steps=n1, temperature=t1, vae=vae)
+                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR ({n0} steps at "
+                    f"temperature {t0} | {n1} at {t1}) "
                     + ", ".join(f"{k} {v:.2f} | {rec['val_t1'][k]:.2f}" for k, v in rec["val"].items()))
             info["history"].append(rec)
         if info["step"] % save_every == 0:
             checkpoint()
-        if max_minutes and time.time() - t_start > 60 * max_minutes:
-            log(f"time limit of {max_minutes} min reached at step {info['step']}")
-            break
     bar.close()
+    if not dist.main:
+        dist.close()
+        return info
     sampling = None
     if val_items:
-        sampling = choose_temperature(ema, val_items)
+        sampling = choose_sampling(ema, val_items, vae)
         info["sampling_defaults"] = sampling
-        log(f"default sampling temperature {sampling['temperature']} "
-            f"(val PSNR by temperature {sampling['val_psnr_by_temperature']})")
+        log(f"default sampling: temperature {sampling['temperature']}, steps "
+            f"{sampling.get('steps', 'caller')} (val PSNR by steps,temperature "
+            f"{sampling['val_psnr_by_steps_temperature']})")
     if fit_transfer:
         ema.cpu()
         fit = fit_ref_transfer(ema, data, scale=cfg.scale,
-                               temperature=sampling["temperature"] if sampling else None)
+                               temperature=sampling["temperature"] if sampling else None,
+                               steps=sampling.get("steps", 20) if sampling else 20, vae=vae)
         ema.to(device)
         sampling = dict(sampling or {}, **transfer_defaults(fit))
         info["sampling_defaults"] = sampling
         log(f"reference detail transfer gain {fit['ref_transfer']:.4f} "
             f"({fit['psnr_gain_db']:+.3f} dB on {fit['images']} training images)")
     checkpoint(sampling)
+    dist.close()
     return info

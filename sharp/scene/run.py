@@ -57,8 +57,8 @@ def _model_hash(model) -> str:
 def _check_options(scale, steps, workers, threads, tile, overlap, min_overlap):
     if scale not in (2, 4, 8):
         raise SceneError(f"scale must be 2, 4 or 8, got {scale}")
-    if steps < 1:
-        raise SceneError(f"steps must be >= 1, got {steps}")
+    if steps is not None and steps < 1:
+        raise SceneError(f"steps must be >= 1 (or None: the checkpoint's), got {steps}")
     if workers < 0 or threads < 1:
         raise SceneError(f"workers must be >= 0 (0: in this process) and threads >= 1, got "
                          f"{workers} / {threads}")
@@ -100,7 +100,7 @@ def super_resolve_scene(*args, **kwargs) -> dict:
 def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None, *, scale: int = 4,
                         bands: Optional[str] = None, ref_bands: Optional[str] = None,
                         extra: str = "bicubic", value_range: Optional[str] = None,
-                        ref_range: Optional[str] = None, steps: int = 20, guidance: float = 1.0,
+                        ref_range: Optional[str] = None, steps: Optional[int] = None, guidance: float = 1.0,
                         seed: int = 0, temperature: Optional[float] = None,
                         ref_transfer: Optional[float] = None, register: bool = True,
                         tile: int = 512, overlap: int = 64, workers: int = 0, threads: int = 1,
@@ -117,7 +117,7 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
     cluster). progress(tiles_done, tiles_total, pixels_written, seconds); should_stop() is asked
     between tiles; commit_seconds: how often the partial file is flushed and the journal
     appended. Returns a summary."""
-    from sharp.refsr.api import DEFAULT_CHECKPOINT, default_ref_transfer, default_temperature
+    from sharp.refsr.api import DEFAULT_CHECKPOINT, default_ref_transfer, default_steps, default_temperature
     from sharp.refsr.checkpoint import load_dsdit
     from sharp.refsr.config import SAMPLING_BOUNDS, check_number
     from sharp.refsr.stages import tile_geometry
@@ -146,6 +146,8 @@ def _super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=Non
             ref_scale = scene_scale(ref, r_bands, parse_range(ref_range))
         if model is None:
             model = load_dsdit(checkpoint or DEFAULT_CHECKPOINT, device=device)
+        if steps is None:   # the checkpoint's recommended steps, as super_resolve
+            steps = default_steps(model)
         # the bounds super_resolve checks (sharp.refsr.config.SAMPLING_BOUNDS): one rule for both paths
         temp = default_temperature(model) if temperature is None else \
             check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
