@@ -212,12 +212,12 @@ def test_validate_only_cli_against_saved_object_info(tmp_path, capsys):
 
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(DSDIT))
-    (tmp_path / "m.csv").write_text("4.seed,DS-DiT Reference SR (x4).steps\n1,2\n2,0\n")
+    (tmp_path / "m.csv").write_text("4.seed,DS-DiT Reference SR (x4).steps\n1,2\n2,-1\n")   # 0 = the checkpoint's
     args = ["batch", "--workflow", str(wf), "--manifest", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
             "--object-info", OBJECT_INFO, "--servers", "http://127.0.0.1:9", "--validate-only"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "1 problem(s)" in err and "row 2 (line 3, 00001): node 4 'DS-DiT Reference SR (x4)' (SHARPDSDiTReferenceSR).steps: 0 is smaller" in err
+    assert "1 problem(s)" in err and "row 2 (line 3, 00001): node 4 'DS-DiT Reference SR (x4)' (SHARPDSDiTReferenceSR).steps: -1 is smaller" in err
     (tmp_path / "m.csv").write_text("4.seed,DS-DiT Reference SR (x4).steps\n1,2\n2,3\n")
     assert main(args) == 0 and "2 rows valid" in capsys.readouterr().out
     ui = tmp_path / "ui.json"
