@@ -56,7 +56,7 @@ def test_pack_exposes_v3_nodes(H):
     nodes = asyncio.run(ext.get_node_list())
     ids = {n.define_schema().node_id for n in nodes}
     assert ids == {"SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
-                   "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPDSDiTSceneSR"}
+                   "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas", "SHARPDSDiTSceneSR"}
     assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack.nodes, "NODE_CLASS_MAPPINGS")
     for n in nodes:
         schema = n.define_schema()
