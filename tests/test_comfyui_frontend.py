@@ -36,7 +36,7 @@ CHROMIUM = os.environ.get("SHARP_CHROMIUM", "/usr/bin/chromium")
 WORKFLOWS = sorted(glob.glob(os.path.join(W.UI_DIR, "*.json")))
 NAMES = [os.path.basename(p)[:-5] for p in WORKFLOWS]
 OUR_NODES = ["SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
-             "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas"]
+             "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR", "SHARPFluxSigmas", "SHARPDSDiTSceneSR"]
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"]
 
