@@ -28,6 +28,7 @@ import uuid
 import pytest
 
 from workflow_check import api_twin
+from sharp.batch.launch import stop_process
 from comfyui_harness import ROOT, skip_without_comfyui
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
@@ -161,12 +162,7 @@ class Server:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
+            stop_process(self.proc)
         self.log.close()
 
     @classmethod
