@@ -30,7 +30,7 @@ INPUTS = {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}
 GOOD = "good-tiny.safetensors"
 RSS_BOUND = 256 << 20
 """Most the server's peak RSS (VmHWM) may grow over all bad checkpoints and arguments (the depth bomb alone
-once climbed to a 10 GiB cap, before the loader bounded nested metadata)."""
+once climbed to a 10 GiB cap, before config fields were bounded: depth 10**7)."""
 NODE_IDS = ("SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
             "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR")
 SKIPPED_FOLDERS = sorted(k for k, (_, (kind, _)) in B.FOLDERS.items() if kind == "skipped")
