@@ -7,12 +7,12 @@ bit-identical to stock RoPE.
 
 Speed: the embedding is separable per axis, so trigonometry runs on the distinct positions of each
 axis (h + w values for an image, not h * w tokens) and the token table is a gather. Outputs are
-cached per ids until the time changes, so the cond and uncond calls of one step (and any repeated
-call) cost one comparison of the ids and a copy (each call gets its own tensor, as from EmbedND).
+cached per ids until the time or the extents change (the one cache: frequencies are recomputed per
+embedding, a few hundred values), so the cond and uncond calls of one step (and any repeated call) cost
+one comparison of the ids and a copy (each call gets its own tensor, as from EmbedND).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -84,8 +84,13 @@ class RoPEEmbedder(nn.Module):
                 f"base_len={self.base_len}, t={self.t:.4f}")
 
     def set_time(self, t: float) -> None:
-        """Set the normalised noise level for the next calls; clamped to [0, 1]; NaN/inf rejected."""
-        t = rope.check_time(t)
+        """Set the normalised noise level t = sigma / sigma_max of the next calls (1 = pure noise); clamped
+        to [0, 1], NaN/inf rejected (`sharp.rope.normalised_time`).
+
+        Time is state, not an argument, because ComfyUI calls the embedder as it calls EmbedND, with the
+        ids alone: the promotion's APPLY_MODEL wrapper sets it from the sampler's sigma before each call.
+        """
+        t = rope.normalised_time(t)
         if t != self.t:
             self._cache.clear()
         self.t = t
@@ -130,7 +135,8 @@ class RoPEEmbedder(nn.Module):
             scale, base_len = 1.0, 1.0
         else:
             base_len = self.base_len[axis]
-        return _cached_frequencies(self.axes_dim[axis], self.theta, scale, self.t, self.method, base_len, self.params)
+        return rope._axis_frequencies(self.axes_dim[axis], self.theta, scale, self.t, self.method, base_len,
+                                      self.params)
 
     def mscale(self, axis: int, scale: float) -> float:
         if axis not in self.spatial_axes:
@@ -198,12 +204,6 @@ def rotation_blocks(positions: torch.Tensor, freqs: torch.Tensor, mscale: float 
     if mscale != 1.0:
         blocks = blocks * mscale
     return blocks.view(*angle.shape, 2, 2).to(torch.float32)
-
-
-@functools.lru_cache(maxsize=512)
-def _cached_frequencies(dim: int, theta: float, scale: float, t: float, method: str, base_len: float,
-                        params: rope.RoPEParams) -> torch.Tensor:
-    return rope._axis_frequencies(dim, theta, scale, t, method, base_len, params)
 
 
 def _per_axis(value, axes: tuple[int, ...]) -> dict[int, float]:

@@ -132,19 +132,6 @@ def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, fa
 
 # --- time and noise shift -------------------------------------------------------------------------
 
-def normalised_time(sigma, sigma_max) -> float:
-    """t = sigma / sigma_max in [0, 1] (1 = pure noise) from the sampler's sigma.
-
-    sigma may be a tensor with one value per batch row (ComfyUI passes that); rows are sampled at the
-    same noise level, the largest is used. Raises ValueError on a non-finite sigma or sigma_max <= 0.
-    """
-    s = float(torch.as_tensor(sigma, dtype=torch.float64).max())
-    smax = float(torch.as_tensor(sigma_max, dtype=torch.float64).max())
-    if not math.isfinite(s) or not math.isfinite(smax) or smax <= 0:
-        raise ValueError(f"cannot normalise sigma={s} by sigma_max={smax}: both must be finite, sigma_max > 0")
-    return min(max(s / smax, 0.0), 1.0)
-
-
 def reshift_sigmas(sigmas: torch.Tensor, mu_from: float, mu_to: float) -> torch.Tensor:
     """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time.
 
@@ -183,8 +170,8 @@ def rope_options_extents(extents: dict[int, float], spatial_axes: tuple, rope_op
 
 
 class StepTime:
-    """APPLY_MODEL wrapper: before each model call, set the embedder's time from sigma and its extents
-    from the latent x ([B, C, (T,) H, W]).
+    """APPLY_MODEL wrapper: before each model call, set the embedder's time t = sigma / sigma_max from the
+    sampler's sigma and its extents from the latent x ([B, C, (T,) H, W]).
 
     t comes from the sigma the sampler passes to apply_model (the generated image's noise level), not from
     the timestep the diffusion model builds from it: Flux's `ref_latents_method="index_timestep_zero"` runs
@@ -205,22 +192,20 @@ class StepTime:
         self.family = family
         self.extents_from_latent = bool(extents_from_latent and family is not None)
 
-    def __call__(self, executor, x, t, *args, **kwargs):
+    def __call__(self, executor, x, sigma, *args, **kwargs):
         base_model = getattr(executor, "class_obj", None)
-        sampling = getattr(base_model, "model_sampling", None)
-        sigma_max = getattr(sampling, "sigma_max", 1.0)
-        time = normalised_time(t, sigma_max)
+        sigma_max = getattr(getattr(base_model, "model_sampling", None), "sigma_max", 1.0)
         attr = self.family.embedder_attr if self.family is not None else "pe_embedder"
         live = families.get_path(getattr(base_model, "diffusion_model", None), attr)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
-        target.set_time(time)
+        target.set_time(rope.normalised_time(sigma, sigma_max))  # sigma -> t, checked and clamped (the boundary)
         if self.extents_from_latent:
             extents = self.family.extents_from_x(x)
             if self.family.rope_options:
                 options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
                 extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
             target.set_extents(extents)
-        return executor(x, t, *args, **kwargs)
+        return executor(x, sigma, *args, **kwargs)
 
 
 class DeepcloneOwnEmbedder:

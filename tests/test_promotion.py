@@ -169,12 +169,12 @@ def test_reshift_sigmas_keeps_underlying_time():
 
 
 def test_normalised_time_checks():
-    assert P.normalised_time(torch.tensor([0.3, 0.3]), torch.tensor(0.6)) == pytest.approx(0.5)
-    assert P.normalised_time(2.0, 1.0) == 1.0
+    assert sharp.rope.normalised_time(torch.tensor([0.3, 0.3]), torch.tensor(0.6)) == pytest.approx(0.5)
+    assert sharp.rope.normalised_time(2.0, 1.0) == 1.0
     with pytest.raises(ValueError, match="finite"):
-        P.normalised_time(float("nan"), 1.0)
+        sharp.rope.normalised_time(float("nan"), 1.0)
     with pytest.raises(ValueError, match="sigma_max"):
-        P.normalised_time(0.5, 0.0)
+        sharp.rope.normalised_time(0.5, 0.0)
 
 
 @pytest.mark.parametrize("kw, match", [
