@@ -42,7 +42,8 @@ class RoPEEmbedder(nn.Module):
         None when every token counts (models without an image-index axis).
     head_axis: where the singleton head dimension goes in the output: 1 for ComfyUI's Flux EmbedND
         ([B, 1, L, ...], the default), 2 for embedders that return [B, L, 1, ...] (HiDream).
-    params: fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, mscale_coeff, dype_exponent).
+    params: a `sharp.rope.RoPEParams`, or its fields as keywords (alpha_s, beta, gamma, mscale, mscale_coeff,
+        dype_exponent); the authors' defaults where not given.
 
     Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
     [0, 1] are clamped). Before the first `set_time`, t = 1.
@@ -50,7 +51,8 @@ class RoPEEmbedder(nn.Module):
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
                  base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 extent_mode: str = "max", index_axis: int | None = 0, head_axis: int = 1, **params):
+                 extent_mode: str = "max", index_axis: int | None = 0, head_axis: int = 1,
+                 params: rope.RoPEParams | None = None, **constants):
         super().__init__()
         self.theta = float(theta)
         if not math.isfinite(self.theta) or self.theta <= 1.0:
@@ -60,7 +62,9 @@ class RoPEEmbedder(nn.Module):
             raise ValueError("axes_dim must name at least one axis")
         self.dim = sum(self.axes_dim)
         self.method = rope.check_method(method)
-        self.params = rope.RoPEParams.from_kwargs(**params)
+        if params is not None and constants:
+            raise ValueError(f"give the RoPE constants as params or as keywords, not both (got {sorted(constants)})")
+        self.params = params if params is not None else rope.RoPEParams.from_kwargs(**constants)
         n_axes = len(self.axes_dim)
         self.spatial_axes = tuple(range(1, n_axes)) if spatial_axes is None else tuple(int(a) for a in spatial_axes)
         if any(not 0 <= a < n_axes for a in self.spatial_axes):

@@ -248,6 +248,21 @@ def supported_families_text() -> str:
     return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
 
 
+def names_text(rows=FAMILIES) -> str:
+    """"A, B and C": the rows' names, in table order (for node text built from the table)."""
+    names = [f.name for f in rows]
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def grouped_text(key, fmt: str = "{value}: {names}", rows=FAMILIES) -> str:
+    """"1024: A, B; 1328: C": the rows grouped by key(row) (rows where it is None left out), values sorted."""
+    groups: dict = {}
+    for f in rows:
+        if key(f) is not None:
+            groups.setdefault(key(f), []).append(f)
+    return "; ".join(fmt.format(value=v, names=names_text(g)) for v, g in sorted(groups.items()))
+
+
 def get_path(obj, path: str):
     """obj.a.b for path "a.b"; None where any part is missing."""
     for name in path.split("."):
@@ -331,10 +346,10 @@ def detect_family(diffusion_model, override: str | None = None, get_embedder=Non
 
 
 def build_embedder(family: Family, method: str = "sharp", base_resolution: int | None = None,
-                   theta: float | None = None, axes_dim=None, **params):
+                   theta: float | None = None, axes_dim=None, params: rope.RoPEParams = rope.RoPEParams()):
     """A `sharp.RoPEEmbedder` for this family (base_resolution overrides the family's training grid;
     theta / axes_dim, the model's own embedder constants, override the row's: a fine-tune or a family
-    picked by override keeps its own frequencies, with the row's layout)."""
+    picked by override keeps its own frequencies, with the row's layout; params: the method's constants)."""
     from sharp.embedder import RoPEEmbedder
 
     kwargs = family.embedder_kwargs()
@@ -346,4 +361,4 @@ def build_embedder(family: Family, method: str = "sharp", base_resolution: int |
         kwargs["axes_dim"] = tuple(int(d) for d in axes_dim)
     if base_resolution is not None:
         kwargs["base_len"] = rope.base_len_from_resolution(base_resolution, family.px_per_token)
-    return RoPEEmbedder(method=method, **kwargs, **params)
+    return RoPEEmbedder(method=method, params=params, **kwargs)

@@ -43,7 +43,7 @@ import sharp
 from sharp import families, rope
 from sharp.families import UnsupportedModelError  # noqa: F401  (re-exported: the node's error type)
 from sharp.rope import METHODS
-from sharp.schedule import FLUX_SHIFT_MU, VAE_DOWNSCALE, flux_resolution_mu
+from sharp.schedule import flux_resolution_mu, flux_time_shift, flux_time_unshift
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,6 @@ EMBEDDER_PATH = "diffusion_model.pe_embedder"
 """The Flux-style families' embedder path (see `embedder_path` for any family)."""
 SAMPLING_PATH = "model_sampling"
 
-METHOD_CHOICES = ("sharp", "dype", "yarn", "dy-ntk", "ntk", "pi", "base")
-"""The methods in the order the node lists them (default first); the same set as `sharp.rope.METHODS`."""
-assert set(METHOD_CHOICES) == set(METHODS)
-
 NOISE_SHIFTS = ("sharp", "resolution", "keep")
 
 AUTO = "auto"
@@ -66,12 +62,6 @@ FAMILY_CHOICES = (AUTO,) + tuple(f.name for f in families.FAMILIES)
 
 FAMILY_DEFAULT = 0
 """base_resolution value meaning "the family's training resolution"."""
-
-LATENT_PX = VAE_DOWNSCALE
-"""Image pixels per latent pixel of Flux.1's VAE (the default of `latent_size_px`)."""
-
-PATCH_PX = rope.PATCH_PX
-"""Image pixels per token / RoPE position of Flux.1 (VAE 8x, patchify 2x2)."""
 
 
 def embedder_path(family: families.Family) -> str:
@@ -116,7 +106,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, family: str = "Flux.1",
+def check_base_resolution(base_resolution: int, px_per_token: int = rope.PATCH_PX, family: str = "Flux.1",
                           family_default: bool = False) -> int:
     """A positive multiple of px_per_token (one RoPE position) in px. family_default: the caller also
     accepts 0 (= the family's training resolution), which the message then mentions."""
@@ -133,20 +123,15 @@ def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, fa
 # --- time and noise shift -------------------------------------------------------------------------
 
 def reshift_sigmas(sigmas: torch.Tensor, mu_from: float, mu_to: float) -> torch.Tensor:
-    """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time.
-
-    Flux: sigma = e^mu / (e^mu + 1/t - 1). 0 and 1 map to themselves; the order is kept.
-    """
-    s = sigmas.to(torch.float64)
-    odds = torch.where(s > 0, (1.0 / s.clamp(min=1e-300)) - 1.0, torch.full_like(s, math.inf))  # 1/sigma - 1
-    inv = odds * math.exp(mu_from)  # = 1/t - 1
-    out = math.exp(mu_to) / (math.exp(mu_to) + inv)
-    out = torch.where(s > 0, out, torch.zeros_like(s))
-    return out.to(sigmas.dtype)
+    """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time t
+    (`sharp.schedule.flux_time_shift` and its inverse, in float64). 0 and 1 map to themselves; the order is kept."""
+    t = flux_time_unshift(mu_from, sigmas.to(torch.float64))
+    return flux_time_shift(mu_to, t).to(sigmas.dtype)
 
 
-def latent_size_px(latent_image, latent_shapes=None, latent_px: int = LATENT_PX) -> tuple[int, int]:
-    """(width, height) in image pixels of the latent being sampled ([B, C, (T,) H, W])."""
+def latent_size_px(latent_image, latent_shapes, latent_px: int) -> tuple[int, int]:
+    """(width, height) in image pixels of the latent being sampled ([B, C, (T,) H, W]; latent_px image px
+    per latent px)."""
     shape = latent_shapes[0] if latent_shapes else latent_image.shape
     if len(shape) < 4:
         raise ValueError(f"expected an image latent [B, C, H, W], got shape {tuple(shape)}")
@@ -237,7 +222,7 @@ class DeepcloneOwnEmbedder:
 class ResolutionShift:
     """OUTER_SAMPLE wrapper: re-shift the sigma list from mu_from to ComfyUI's resolution mu."""
 
-    def __init__(self, mu_from: float = FLUX_SHIFT_MU, latent_px: int = LATENT_PX):
+    def __init__(self, mu_from: float, latent_px: int):
         self.mu_from = float(mu_from)
         self.latent_px = int(latent_px)
 
@@ -253,16 +238,15 @@ class ResolutionShift:
 # --- the patch ------------------------------------------------------------------------------------
 
 def build_embedder(family: families.Family, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT,
-                   alpha_s: float = 4.0, beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0),
-                   mscale: bool = True, theta: float | None = None, axes_dim=None) -> "sharp.RoPEEmbedder":
+                   params: rope.RoPEParams = rope.RoPEParams(), theta: float | None = None,
+                   axes_dim=None) -> "sharp.RoPEEmbedder":
     """A new `sharp.RoPEEmbedder` for the family; base_resolution 0 = the family's training grid;
     theta / axes_dim: the model's own embedder's (default the row's)."""
-    check_choice("method", method, METHOD_CHOICES)
+    check_choice("method", method, METHODS)
     base = None
     if int(base_resolution) != FAMILY_DEFAULT:
         base = check_base_resolution(base_resolution, family.px_per_token, family.name, family_default=True)
-    return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, alpha_s=float(alpha_s),
-                                   beta=tuple(beta), gamma=tuple(gamma), mscale=bool(mscale))
+    return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, params=params)
 
 
 def check_noise_shift(model, family: families.Family, noise_shift: str) -> float | None:
@@ -288,13 +272,14 @@ def check_noise_shift(model, family: families.Family, noise_shift: str) -> float
     return family.flux_shift
 
 
-def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, alpha_s: float = 4.0,
-            beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
-            noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
+def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
-            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = ()):
+            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = (),
+            **params):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
+    params: the method's constants, fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, ...);
+    the ones not given keep the authors' defaults.
     family: "auto" (detect) or a family name (`FAMILY_CHOICES`). base_resolution: px, 0 = the family's.
     apply_model_wrapper / outer_sample_wrapper: ComfyUI's WrappersMP.APPLY_MODEL / OUTER_SAMPLE names.
     make_flux_sampling(mu): a new Flux noise-schedule object with shift mu (needed when noise_shift
@@ -303,13 +288,14 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     where this ComfyUI has none): each clone then owns its embedder (`DeepcloneOwnEmbedder`).
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
+    params = rope.RoPEParams.from_kwargs(**params)
     fam = detect(model, family)
     try:
         original = model.get_model_object(embedder_path(fam))
     except AttributeError:
         original = None
-    embedder = build_embedder(fam, method, base_resolution, alpha_s, beta, gamma, mscale,
-                              theta=getattr(original, "theta", None), axes_dim=getattr(original, "axes_dim", None))
+    embedder = build_embedder(fam, method, base_resolution, params, theta=getattr(original, "theta", None),
+                              axes_dim=getattr(original, "axes_dim", None))
     mu = check_noise_shift(model, fam, noise_shift)
     if mu is not None and make_flux_sampling is None:
         raise ValueError(f"noise_shift {noise_shift!r} needs make_flux_sampling")

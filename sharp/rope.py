@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 
-METHODS = ("base", "pi", "ntk", "yarn", "dy-ntk", "dype", "sharp")
-"""Method names, exactly as the nodes, the CLI and the configs spell them."""
+METHODS = ("sharp", "dype", "yarn", "dy-ntk", "ntk", "pi", "base")
+"""Method names, exactly as the nodes, the CLI and the configs spell them; the default first, in the order
+the nodes list them."""
 
 MSCALE_METHODS = frozenset({"yarn", "dype", "sharp"})
 """Methods that multiply the rotation blocks of a promoted axis by mscale(s)."""
 
-PATCH_PX = 16
-"""Image pixels per RoPE position in Flux (8x VAE downsampling x 2x2 patchify)."""
+VAE_DOWNSCALE = 8
+"""Image pixels per latent pixel of Flux.1's VAE."""
+PATCH_SIZE = 2
+"""Latent pixels per side of one Flux.1 token (2x2 patchify)."""
+PATCH_PX = VAE_DOWNSCALE * PATCH_SIZE
+"""Image pixels per RoPE position in Flux.1: 16 (other families: `sharp.families.Family.px_per_token`)."""
 
 
 @dataclass(frozen=True)
 class RoPEParams:
-    """Every constant of the methods, with the authors' defaults."""
+    """Every constant of the methods, with the authors' defaults: the one place they are written
+    (`RoPEParams()` gives the defaults to the nodes, the CLI and the library)."""
 
     alpha_s: float = 4.0            # SHARP decay strength; clamped to >= 1 (1 = linear kappa(t) = t)
     beta: tuple = (1.25, 0.75)      # stage-1 rotation pair (r_lo, r_hi): PI <-> NTK blend
@@ -62,9 +68,6 @@ class RoPEParams:
         if unknown:
             raise ValueError(f"unknown RoPE parameter(s) {unknown}; valid ones are {sorted(valid)}")
         return cls(**params)
-
-    def with_changes(self, **params) -> "RoPEParams":
-        return replace(self, **params) if params else self
 
 
 def check_method(method: str) -> str:

@@ -228,7 +228,7 @@ def test_large_extents_stay_finite(method):
 
 
 def test_bad_inputs_have_clear_errors():
-    with pytest.raises(ValueError, match="valid methods are: base, pi, ntk, yarn, dy-ntk, dype, sharp"):
+    with pytest.raises(ValueError, match="valid methods are: sharp, dype, yarn, dy-ntk, ntk, pi, base"):
         axis_frequencies(56, 1e4, 2.0, 0.5, method="linear")
     with pytest.raises(ValueError, match="valid methods"):
         sharp.RoPEEmbedder(method="Sharp")
