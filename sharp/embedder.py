@@ -35,23 +35,19 @@ class RoPEEmbedder(nn.Module):
     base_len: L0, positions per axis at the training resolution (64 = 1024 px / 16); a number for
         every spatial axis or one per spatial axis.
     spatial_axes: indices of the axes that are promoted; default every axis but 0 (the image index).
-    extent_mode: how the extent L of an axis is read from the ids of the generated image's tokens
-        (image index 0): "max" -> max + 1 (Flux: positions start at 0); "span" -> max - min + 1
-        (models whose positions are centred on the image). Reference images (index != 0) do not count.
-    index_axis: the axis whose value 0 marks the generated image's tokens (Flux: 0, the image index);
-        None when every token counts (models without an image-index axis).
     head_axis: where the singleton head dimension goes in the output: 1 for ComfyUI's Flux EmbedND
         ([B, 1, L, ...], the default), 2 for embedders that return [B, L, 1, ...] (HiDream).
     params: a `sharp.rope.RoPEParams`, or its fields as keywords (alpha_s, beta, gamma, mscale, mscale_coeff,
         dype_exponent); the authors' defaults where not given.
 
-    Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
-    [0, 1] are clamped). Before the first `set_time`, t = 1.
+    Call `set_extents` with the generated image's extent L per spatial axis (tokens along it; the
+    promotion sets it from the latent each model call, never from the ids, where text and reference
+    tokens may sit on the spatial axes too) and `set_time(t)` each sampling step with t = sigma / sigma_max
+    (1 = pure noise; values outside [0, 1] are clamped). Before the first `set_time`, t = 1.
     """
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
-                 base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 extent_mode: str = "max", index_axis: int | None = 0, head_axis: int = 1,
+                 base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None, head_axis: int = 1,
                  params: rope.RoPEParams | None = None, **constants):
         super().__init__()
         self.theta = float(theta)
@@ -70,16 +66,10 @@ class RoPEEmbedder(nn.Module):
         if any(not 0 <= a < n_axes for a in self.spatial_axes):
             raise ValueError(f"spatial_axes {self.spatial_axes} must index the {n_axes} axes of axes_dim")
         self.base_len = _per_axis(base_len, self.spatial_axes)
-        if extent_mode not in ("max", "span"):
-            raise ValueError(f"extent_mode must be 'max' or 'span', got {extent_mode!r}")
-        self.extent_mode = extent_mode
-        if index_axis is not None and not 0 <= index_axis < n_axes:
-            raise ValueError(f"index_axis {index_axis} must index the {n_axes} axes of axes_dim (or be None)")
-        self.index_axis = index_axis
         if head_axis not in (1, 2):
             raise ValueError(f"head_axis must be 1 ([B, 1, L, ...]) or 2 ([B, L, 1, ...]), got {head_axis!r}")
         self.head_axis = head_axis
-        self._extents: dict[int, float] | None = None
+        self._extents: dict[int, float] | None = None  # L per spatial axis, from `set_extents`
         self.t = 1.0
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -99,39 +89,31 @@ class RoPEEmbedder(nn.Module):
             self._cache.clear()
         self.t = t
 
-    def set_extents(self, extents: dict[int, float] | None) -> None:
-        """Fix the extent L of each spatial axis (e.g. from the latent size) instead of reading it from
-        the ids: for models that embed text and image tokens in separate calls. None: read from ids."""
-        if extents is not None:
-            extents = {int(a): float(L) for a, L in extents.items()}
-            if set(extents) != set(self.spatial_axes) or not all(L > 0 and math.isfinite(L) for L in extents.values()):
-                raise ValueError(f"extents must give a positive length for each spatial axis {self.spatial_axes}, "
-                                 f"got {extents}")
+    def set_extents(self, extents: dict[int, float]) -> None:
+        """Set the extent L (in positions) of each spatial axis of the image being generated, e.g. from the
+        latent's size: {axis: L} for every axis of `spatial_axes`."""
+        extents = {int(a): float(L) for a, L in extents.items()}
+        if set(extents) != set(self.spatial_axes) or not all(L > 0 and math.isfinite(L) for L in extents.values()):
+            raise ValueError(f"extents must give a positive length for each spatial axis {self.spatial_axes}, "
+                             f"got {extents}")
         if extents != self._extents:
             self._cache.clear()
         self._extents = extents
 
+    @property
+    def extents(self) -> dict[int, float] | None:
+        """The extents set by `set_extents` (a copy), None before."""
+        return None if self._extents is None else dict(self._extents)
+
     # -- per-axis quantities ---------------------------------------------------------------
 
-    def axis_extents(self, ids: torch.Tensor) -> dict[int, float]:
-        """Extent L (in positions) of each spatial axis: as set by `set_extents`, else read from the
-        generated image's tokens in the ids."""
-        if self._extents is not None:
-            return dict(self._extents)
-        if self.index_axis is None:
-            own = torch.ones_like(ids[..., :1], dtype=torch.bool)  # [B, L, 1]: every token counts
-        else:
-            own = (ids[..., self.index_axis] == 0)[..., None]  # [B, L, 1]: generated image (and text) tokens
-        if not bool(own.any()):
-            return {a: 0.0 for a in self.spatial_axes}
-        pos = ids[..., list(self.spatial_axes)].to(torch.float64)  # [B, L, n_spatial]
-        hi = torch.where(own, pos, -math.inf).amax(dim=(0, 1))
-        extent = hi + 1 if self.extent_mode == "max" else hi - torch.where(own, pos, math.inf).amin(dim=(0, 1)) + 1
-        return dict(zip(self.spatial_axes, extent.tolist()))
-
-    def axis_scales(self, ids: torch.Tensor) -> dict[int, float]:
+    def axis_scales(self) -> dict[int, float]:
         """s = L / L0 per spatial axis."""
-        return {a: L / self.base_len[a] for a, L in self.axis_extents(ids).items()}
+        if self._extents is None:
+            raise ValueError("RoPEEmbedder has no extents: call set_extents({axis: L}) with the generated image's "
+                             f"tokens along each spatial axis {self.spatial_axes} first (the promotion sets them "
+                             "from the latent before each model call)")
+        return {a: L / self.base_len[a] for a, L in self._extents.items()}
 
     def frequencies(self, axis: int, scale: float) -> torch.Tensor:
         """f_j of one axis at the current time, float64 [D/2] (stock for non-spatial axes)."""
@@ -161,7 +143,7 @@ class RoPEEmbedder(nn.Module):
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         pos = ids.detach().to(torch.float32)  # as ComfyUI's rope: positions rounded to float32 first
-        scales = self.axis_scales(pos)
+        scales = self.axis_scales()
         table_device = torch.device("cpu") if pos.device.type in _NO_FLOAT64_DEVICES else pos.device
         out = torch.empty(*pos.shape[:2], self.dim // 2, 2, 2, dtype=torch.float32, device=pos.device)
         start = 0

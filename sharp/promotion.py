@@ -17,13 +17,14 @@ What a promoted clone does:
 - an APPLY_MODEL wrapper (key "sharp", composable with other packs' wrappers) sets, each model call,
   the embedder's time from the sampler's sigma, t = sigma / sigma_max (1 = pure noise), so it follows
   every sampler, scheduler and custom sigma list; and the extent of each spatial axis from the latent
-  x the model is called with (`Family.extents_from_x`), so text or reference tokens that sit on the
-  spatial axes (Ovis-Image text, Flux Kontext "uxo" references) never count, and models that embed
-  caption and image in separate calls (Lumina 2, Z-Image) rotate both with one scale;
-- the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (Flux.1, Chroma,
-  Ovis-Image, Qwen-Image: mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux;
-  families sampled with ModelSamplingDiscreteFlow (Lumina 2, Z-Image, HunyuanImage 2.1, HiDream, OmniGen2)
-  already have a fixed, size-independent shift, which "sharp" leaves as it is. "resolution" applies ComfyUI's
+  x the model is called with (`Family.extents_from_x`). That is the one rule for extents, for every
+  family: the ids are never read for them, so text or reference tokens that sit on the spatial axes
+  (Ovis-Image text, Flux Kontext "uxo" references) never count, and models that embed caption and image
+  in separate calls (Lumina 2, Z-Image) rotate both with one scale;
+- the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (the row's `flux_shift`:
+  Flux.1 mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux; families sampled
+  with ModelSamplingDiscreteFlow (`flux_shift` None) already have a fixed, size-independent shift, which
+  "sharp" leaves as it is. "resolution" applies ComfyUI's
   width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
   at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
   belongs to. "keep" leaves the model's noise schedule alone.
@@ -164,32 +165,28 @@ class StepTime:
 
     It acts on the embedder the model is running with (the object patch of the clone being sampled,
     at `diffusion_model.<family.embedder_attr>`), and on its own embedder when the model has none it
-    recognises. extents_from_latent=False leaves the extents to the ids rule (library default). Where the
-    family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are those of the scaled
+    recognises. Where the family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are those of the scaled
     positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the same axis unseen.
 
     Deep copies (ComfyUI's MultiGPU clones, `DeepcloneOwnEmbedder`) own a copy of the embedder: no time or
     extent is shared between models that run concurrently.
     """
 
-    def __init__(self, embedder, family: families.Family | None = None, extents_from_latent: bool = True):
+    def __init__(self, embedder, family: families.Family):
         self.embedder = embedder
         self.family = family
-        self.extents_from_latent = bool(extents_from_latent and family is not None)
 
     def __call__(self, executor, x, sigma, *args, **kwargs):
         base_model = getattr(executor, "class_obj", None)
         sigma_max = getattr(getattr(base_model, "model_sampling", None), "sigma_max", 1.0)
-        attr = self.family.embedder_attr if self.family is not None else "pe_embedder"
-        live = families.get_path(getattr(base_model, "diffusion_model", None), attr)
+        live = families.get_path(getattr(base_model, "diffusion_model", None), self.family.embedder_attr)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
         target.set_time(rope.normalised_time(sigma, sigma_max))  # sigma -> t, checked and clamped (the boundary)
-        if self.extents_from_latent:
-            extents = self.family.extents_from_x(x)
-            if self.family.rope_options:
-                options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
-                extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
-            target.set_extents(extents)
+        extents = self.family.extents_from_x(x)
+        if self.family.rope_options:
+            options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
+            extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
+        target.set_extents(extents)
         return executor(x, sigma, *args, **kwargs)
 
 
@@ -201,10 +198,9 @@ class DeepcloneOwnEmbedder:
     cache) from its own thread. The clone gets a copy of the embedder in its object patch and a new
     StepTime wrapper bound to it."""
 
-    def __init__(self, family: families.Family, apply_model_wrapper: str, extents_from_latent: bool = True):
+    def __init__(self, family: families.Family, apply_model_wrapper: str):
         self.family = family
         self.apply_model_wrapper = apply_model_wrapper
-        self.extents_from_latent = extents_from_latent
 
     def __call__(self, source, clone):
         import copy
@@ -216,7 +212,7 @@ class DeepcloneOwnEmbedder:
         own = copy.deepcopy(current)
         clone.add_object_patch(path, own)
         clone.remove_wrappers_with_key(self.apply_model_wrapper, PATCH_KEY)
-        clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family, self.extents_from_latent))
+        clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family))
 
 
 class ResolutionShift:
@@ -272,7 +268,8 @@ def check_noise_shift(model, family: families.Family, noise_shift: str) -> float
     return family.flux_shift
 
 
-def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
+def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, noise_shift: str = "sharp",
+            family: str = AUTO,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
             make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = (),
             **params):
@@ -308,7 +305,7 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     patched = model.clone()
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
-    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
+    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam))
     if noise_shift != "keep":  # "keep" keeps the schedule the model came with, an earlier promotion's too
         patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
@@ -317,6 +314,5 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
         patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
     for callback in deepclone_callbacks:
         patched.remove_callbacks_with_key(callback, PATCH_KEY)
-        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
-                                                                                extents_from_latent))
+        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper))
     return patched
