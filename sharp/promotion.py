@@ -165,8 +165,9 @@ class StepTime:
 
     It acts on the embedder the model is running with (the object patch of the clone being sampled,
     at `diffusion_model.<family.embedder_attr>`), and on its own embedder when the model has none it
-    recognises. Where the family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are those of the scaled
-    positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the same axis unseen.
+    recognises. Where the family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are
+    those of the scaled positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the
+    same axis unseen.
 
     Deep copies (ComfyUI's MultiGPU clones, `DeepcloneOwnEmbedder`) own a copy of the embedder: no time or
     extent is shared between models that run concurrently.

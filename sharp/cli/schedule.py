@@ -24,7 +24,8 @@ def register(sub) -> None:
     p.add_argument("--base-resolution", type=int, default=FLUX.base_resolution,
                    help=f"training resolution in pixels; L0 = base / {FLUX.px_per_token} "
                         f"(default: {FLUX.base_resolution})")
-    p.add_argument("--alpha-s", type=float, default=ALPHA_S, help=f"SHARP decay strength alpha_s (default: {ALPHA_S:g})")
+    p.add_argument("--alpha-s", type=float, default=ALPHA_S,
+                   help=f"SHARP decay strength alpha_s (default: {ALPHA_S:g})")
     p.add_argument("--plot", metavar="OUT.png", help="write the heatmap figure here")
     p.set_defaults(func=run)
 
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if args.width < 16 or args.height < 16:
         raise ValueError(f"width and height must be at least 16 px, got {args.width}x{args.height}")
     sched = rope_schedule(args.width, args.height, args.method, args.steps, args.mu,
-                          base_len=rope.base_len_from_resolution(args.base_resolution, FLUX.px_per_token), alpha_s=args.alpha_s)
+                          base_len=rope.base_len_from_resolution(args.base_resolution, FLUX.px_per_token),
+                          alpha_s=args.alpha_s)
     print(f"{args.method} at {args.width}x{args.height} px, base {args.base_resolution} px, "
           f"{args.steps} steps, mu {args.mu}")
     for axis in sched.axes:
