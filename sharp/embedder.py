@@ -48,8 +48,7 @@ class RoPEEmbedder(nn.Module):
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
                  base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 head_axis: int = 1,
-                 params: rope.RoPEParams | None = None, **constants):
+                 head_axis: int = 1, params: rope.RoPEParams | None = None, **constants):
         super().__init__()
         self.theta = float(theta)
         if not math.isfinite(self.theta) or self.theta <= 1.0:
