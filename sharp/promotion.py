@@ -24,10 +24,10 @@ What a promoted clone does:
 - the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (the row's `flux_shift`:
   Flux.1 mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux; families sampled
   with ModelSamplingDiscreteFlow (`flux_shift` None) already have a fixed, size-independent shift, which
-  "sharp" leaves as it is. "resolution" applies ComfyUI's
-  width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
-  at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
-  belongs to. "keep" leaves the model's noise schedule alone.
+  "sharp" leaves as it is. "resolution" applies ComfyUI's width/height-dependent Flux.1 shift (the
+  ModelSamplingFlux node), with the size read from the latent at sampling time (an OUTER_SAMPLE wrapper
+  re-shifts the sigma list); only for families that formula belongs to (`resolution_shift`). "keep"
+  leaves the model's noise schedule alone.
 - promoting an already promoted model replaces the earlier promotion's RoPE (the last node wins; the
   RoPE methods do not stack) and logs a warning; its noise_shift "keep" keeps the earlier node's
   schedule (a "resolution" wrapper included), any other value replaces it.
