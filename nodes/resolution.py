@@ -5,8 +5,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from sharp import promotion
-from sharp.schedule import FLUX_SHIFT_MU
+from sharp import families, promotion, rope
 
 from ._compat import advanced, schema_extras
 
@@ -33,6 +32,14 @@ def _deepclone_callbacks() -> tuple[str, ...]:
     return tuple(getattr(callbacks, n) for n in names if hasattr(callbacks, n))
 
 
+DEFAULT = rope.RoPEParams()
+"""The authors' constants: the inputs' defaults."""
+
+_FLOW = [f for f in families.FAMILIES if f.flux_shift is None]
+_RESOLUTION = [f for f in families.FAMILIES if f.resolution_shift]
+_MSCALE = ", ".join(m for m in rope.METHODS if m in rope.MSCALE_METHODS)
+
+
 class ResolutionPromotion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -42,19 +49,17 @@ class ResolutionPromotion(io.ComfyNode):
             display_name="SHARP Resolution Promotion",
             category="SHARP/model_patches",
             description=(
-                "Generate above the training resolution with a multi-axis RoPE DiT (Flux.1/2, Ovis-Image, "
-                "Chroma, Chroma Radiance, Qwen-Image, Z-Image, Lumina 2, HunyuanImage 2.1; detected "
-                "automatically): replaces the model's RoPE with SHARP's per-step promoted frequencies (or a "
+                f"Generate above the training resolution with a multi-axis RoPE DiT ({families.names_text()}; "
+                "detected automatically): replaces the model's RoPE with SHARP's per-step promoted frequencies (or a "
                 "baseline). The image size is read from the latent at run time, so one node serves every "
                 "size. Returns a patched copy; the input model is not changed."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="A multi-axis RoPE DiT: Flux.1 (dev/schnell/Krea/Kontext/Fill, RS-FLUX), "
-                                               "Flux.2, Ovis-Image, Chroma, Chroma Radiance, Qwen-Image, Z-Image, "
-                                               "Lumina 2, HunyuanImage 2.1, HiDream, OmniGen2, LongCat-Image, Krea 2, "
-                                               "Lens, Mage-Flow or Boogu. SD1.5/SDXL/SD3 have no RoPE to promote."),
+                io.Model.Input("model", tooltip=f"A multi-axis RoPE DiT: {families.names_text()} (Flux.1: dev, "
+                                               "schnell, Krea, Kontext, Fill and fine-tunes such as RS-FLUX). "
+                                               "SD1.5/SDXL/SD3 have no RoPE to promote."),
                 io.Combo.Input(
-                    "method", options=list(promotion.METHOD_CHOICES), default="sharp",
+                    "method", options=list(rope.METHODS), default=rope.METHODS[0],
                     tooltip=(
                         "sharp: per-step YaRN that relaxes toward stock RoPE as noise falls (recommended). "
                         "dype: Dy-YaRN. yarn: static YaRN. dy-ntk: dynamic NTK. ntk, pi: static scaling. "
@@ -63,45 +68,48 @@ class ResolutionPromotion(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
-                    tooltip="Training resolution of the model in pixels; 0 = the detected family's own (Flux.1, "
-                            "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream, OmniGen2, LongCat-Image, Krea 2, "
-                            "Mage-Flow, Boogu: 1024; Qwen-Image: 1328; Lens: 1440; HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
+                    tooltip="Training resolution of the model in pixels; 0 = the detected family's own ("
+                            + families.grouped_text(lambda f: f.base_resolution, "{names}: {value}")
+                            + "). Axes at or below it are left exactly as stock RoPE.",
                 ),
                 io.Float.Input(
-                    "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
+                    "alpha_s", default=DEFAULT.alpha_s, min=1.0, max=64.0, step=0.1,
                     tooltip="SHARP decay strength: kappa(t) = t / (alpha_s - (alpha_s - 1) t). 1 = linear in the "
                             "noise level; larger = returns to stock frequencies earlier. Only used by 'sharp'.",
                 ),
                 io.Combo.Input(
-                    "noise_shift", options=list(promotion.NOISE_SHIFTS), default="sharp",
+                    "noise_shift", options=list(promotion.NOISE_SHIFTS), default=promotion.NOISE_SHIFTS[0],
                     tooltip=(
-                        f"sharp: the family's fixed noise shift at every size (Flux.1, Chroma, Ovis, Qwen-Image: "
-                        f"mu = {FLUX_SHIFT_MU}, as the SHARP authors sample; Flux.2: 2.02; Z-Image, Lumina 2, "
-                        "HunyuanImage 2.1, HiDream and OmniGen2 already use a fixed shift, left as is). resolution: "
-                        "ComfyUI's width/height-dependent Flux.1 shift, size read from the latent (Flux.1, Ovis, "
-                        "Chroma only). keep: leave the model's schedule (e.g. from a ModelSampling node) alone."
+                        "sharp: the family's fixed noise shift at every size ("
+                        + families.grouped_text(lambda f: f.flux_shift, "{names}: mu = {value:g}")
+                        + f"; the SHARP authors sample Flux.1 so; {families.names_text(_FLOW)} already use a fixed "
+                        "shift, left as is). resolution: ComfyUI's width/height-dependent Flux.1 shift, size read "
+                        f"from the latent ({families.names_text(_RESOLUTION)} only). keep: leave the model's "
+                        "schedule (e.g. from a ModelSampling node) alone."
                     ),
                 ),
                 io.Float.Input(
-                    "beta_lo", default=1.25, min=0.01, max=128.0, step=0.01,
-                    tooltip="YaRN stage-1 rotation count r_lo (PI <-> NTK blend). Paper default 1.25.", **adv,
-                ),
-                io.Float.Input(
-                    "beta_hi", default=0.75, min=0.01, max=128.0, step=0.01,
-                    tooltip="YaRN stage-1 rotation count r_hi. Paper default 0.75.", **adv,
-                ),
-                io.Float.Input(
-                    "gamma_lo", default=16.0, min=0.01, max=1024.0, step=0.1,
-                    tooltip="YaRN stage-2 rotation count r_lo (blend back to stock RoPE for fast dims). Default 16.",
+                    "beta_lo", default=DEFAULT.beta[0], min=0.01, max=128.0, step=0.01,
+                    tooltip=f"YaRN stage-1 rotation count r_lo (PI <-> NTK blend). Paper default {DEFAULT.beta[0]:g}.",
                     **adv,
                 ),
                 io.Float.Input(
-                    "gamma_hi", default=2.0, min=0.01, max=1024.0, step=0.1,
-                    tooltip="YaRN stage-2 rotation count r_hi. Default 2.", **adv,
+                    "beta_hi", default=DEFAULT.beta[1], min=0.01, max=128.0, step=0.01,
+                    tooltip=f"YaRN stage-1 rotation count r_hi. Paper default {DEFAULT.beta[1]:g}.", **adv,
+                ),
+                io.Float.Input(
+                    "gamma_lo", default=DEFAULT.gamma[0], min=0.01, max=1024.0, step=0.1,
+                    tooltip="YaRN stage-2 rotation count r_lo (blend back to stock RoPE for fast dims). "
+                            f"Default {DEFAULT.gamma[0]:g}.", **adv,
+                ),
+                io.Float.Input(
+                    "gamma_hi", default=DEFAULT.gamma[1], min=0.01, max=1024.0, step=0.1,
+                    tooltip=f"YaRN stage-2 rotation count r_hi. Default {DEFAULT.gamma[1]:g}.", **adv,
                 ),
                 io.Boolean.Input(
-                    "mscale", default=True,
-                    tooltip="Attention temperature 1 + 0.1 ln(s) on promoted axes (yarn, dype, sharp only).", **adv,
+                    "mscale", default=DEFAULT.mscale,
+                    tooltip=f"Attention temperature 1 + {DEFAULT.mscale_coeff:g} ln(s) on promoted axes ({_MSCALE} "
+                            "only).", **adv,
                 ),
                 io.Combo.Input(
                     "family", options=list(promotion.FAMILY_CHOICES), default=promotion.AUTO,
@@ -114,8 +122,9 @@ class ResolutionPromotion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, method="sharp", base_resolution=promotion.FAMILY_DEFAULT, alpha_s=4.0,
-                noise_shift="sharp", beta_lo=1.25, beta_hi=0.75, gamma_lo=16.0, gamma_hi=2.0, mscale=True,
+    def execute(cls, model, method=rope.METHODS[0], base_resolution=promotion.FAMILY_DEFAULT, alpha_s=DEFAULT.alpha_s,
+                noise_shift=promotion.NOISE_SHIFTS[0], beta_lo=DEFAULT.beta[0], beta_hi=DEFAULT.beta[1],
+                gamma_lo=DEFAULT.gamma[0], gamma_hi=DEFAULT.gamma[1], mscale=DEFAULT.mscale,
                 family=promotion.AUTO) -> io.NodeOutput:
         # `family` is the last input so that workflows saved before it existed keep their widget order
         patched = promotion.promote(

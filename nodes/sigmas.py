@@ -25,7 +25,8 @@ class FluxSigmas(io.ComfyNode):
                 "time to a 10,000-entry table instead. Feed it to SamplerCustomAdvanced."
             ),
             inputs=[
-                io.Int.Input("steps", default=28, min=1, max=10000, tooltip="Number of sampling steps N."),
+                io.Int.Input("steps", default=schedule.FLUX_STEPS, min=1, max=10000,
+                             tooltip="Number of sampling steps N."),
                 io.Combo.Input(
                     "shift", options=list(SHIFTS), default="fixed",
                     tooltip=f"fixed: use mu below at every size (the SHARP authors: {schedule.FLUX_SHIFT_MU}). "
@@ -46,7 +47,8 @@ class FluxSigmas(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, steps=28, shift="fixed", mu=schedule.FLUX_SHIFT_MU, width=2048, height=2048) -> io.NodeOutput:
+    def execute(cls, steps=schedule.FLUX_STEPS, shift="fixed", mu=schedule.FLUX_SHIFT_MU, width=2048,
+                height=2048) -> io.NodeOutput:
         if shift not in SHIFTS:
             raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, got {shift!r}")
         if shift == "resolution":

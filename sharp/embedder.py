@@ -7,12 +7,12 @@ bit-identical to stock RoPE.
 
 Speed: the embedding is separable per axis, so trigonometry runs on the distinct positions of each
 axis (h + w values for an image, not h * w tokens) and the token table is a gather. Outputs are
-cached per ids until the time changes, so the cond and uncond calls of one step (and any repeated
-call) cost one comparison of the ids and a copy (each call gets its own tensor, as from EmbedND).
+cached per ids until the time or the extents change (the one cache: frequencies are recomputed per
+embedding, a few hundred values), so the cond and uncond calls of one step (and any repeated call) cost
+one comparison of the ids and a copy (each call gets its own tensor, as from EmbedND).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -35,22 +35,20 @@ class RoPEEmbedder(nn.Module):
     base_len: L0, positions per axis at the training resolution (64 = 1024 px / 16); a number for
         every spatial axis or one per spatial axis.
     spatial_axes: indices of the axes that are promoted; default every axis but 0 (the image index).
-    extent_mode: how the extent L of an axis is read from the ids of the generated image's tokens
-        (image index 0): "max" -> max + 1 (Flux: positions start at 0); "span" -> max - min + 1
-        (models whose positions are centred on the image). Reference images (index != 0) do not count.
-    index_axis: the axis whose value 0 marks the generated image's tokens (Flux: 0, the image index);
-        None when every token counts (models without an image-index axis).
     head_axis: where the singleton head dimension goes in the output: 1 for ComfyUI's Flux EmbedND
         ([B, 1, L, ...], the default), 2 for embedders that return [B, L, 1, ...] (HiDream).
-    params: fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, mscale_coeff, dype_exponent).
+    params: a `sharp.rope.RoPEParams`, or its fields as keywords (alpha_s, beta, gamma, mscale, mscale_coeff,
+        dype_exponent); the authors' defaults where not given.
 
-    Call `set_time(t)` each sampling step with t = sigma / sigma_max (1 = pure noise; values outside
-    [0, 1] are clamped). Before the first `set_time`, t = 1.
+    Call `set_extents` with the generated image's extent L per spatial axis (tokens along it; the
+    promotion sets it from the latent each model call, never from the ids, where text and reference
+    tokens may sit on the spatial axes too) and `set_time(t)` each sampling step with t = sigma / sigma_max
+    (1 = pure noise; values outside [0, 1] are clamped). Before the first `set_time`, t = 1.
     """
 
     def __init__(self, theta: float = 10000.0, axes_dim: Sequence[int] = (16, 56, 56), method: str = "sharp",
                  base_len: float | Sequence[float] = 64, *, spatial_axes: Sequence[int] | None = None,
-                 extent_mode: str = "max", index_axis: int | None = 0, head_axis: int = 1, **params):
+                 head_axis: int = 1, params: rope.RoPEParams | None = None, **constants):
         super().__init__()
         self.theta = float(theta)
         if not math.isfinite(self.theta) or self.theta <= 1.0:
@@ -60,22 +58,18 @@ class RoPEEmbedder(nn.Module):
             raise ValueError("axes_dim must name at least one axis")
         self.dim = sum(self.axes_dim)
         self.method = rope.check_method(method)
-        self.params = rope.RoPEParams.from_kwargs(**params)
+        if params is not None and constants:
+            raise ValueError(f"give the RoPE constants as params or as keywords, not both (got {sorted(constants)})")
+        self.params = params if params is not None else rope.RoPEParams.from_kwargs(**constants)
         n_axes = len(self.axes_dim)
         self.spatial_axes = tuple(range(1, n_axes)) if spatial_axes is None else tuple(int(a) for a in spatial_axes)
         if any(not 0 <= a < n_axes for a in self.spatial_axes):
             raise ValueError(f"spatial_axes {self.spatial_axes} must index the {n_axes} axes of axes_dim")
         self.base_len = _per_axis(base_len, self.spatial_axes)
-        if extent_mode not in ("max", "span"):
-            raise ValueError(f"extent_mode must be 'max' or 'span', got {extent_mode!r}")
-        self.extent_mode = extent_mode
-        if index_axis is not None and not 0 <= index_axis < n_axes:
-            raise ValueError(f"index_axis {index_axis} must index the {n_axes} axes of axes_dim (or be None)")
-        self.index_axis = index_axis
         if head_axis not in (1, 2):
             raise ValueError(f"head_axis must be 1 ([B, 1, L, ...]) or 2 ([B, L, 1, ...]), got {head_axis!r}")
         self.head_axis = head_axis
-        self._extents: dict[int, float] | None = None
+        self._extents: dict[int, float] | None = None  # L per spatial axis, from `set_extents`
         self.t = 1.0
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -84,45 +78,42 @@ class RoPEEmbedder(nn.Module):
                 f"base_len={self.base_len}, t={self.t:.4f}")
 
     def set_time(self, t: float) -> None:
-        """Set the normalised noise level for the next calls; clamped to [0, 1]; NaN/inf rejected."""
-        t = rope.check_time(t)
+        """Set the normalised noise level t = sigma / sigma_max of the next calls (1 = pure noise); clamped
+        to [0, 1], NaN/inf rejected (`sharp.rope.normalised_time`).
+
+        Time is state, not an argument, because ComfyUI calls the embedder as it calls EmbedND, with the
+        ids alone: the promotion's APPLY_MODEL wrapper sets it from the sampler's sigma before each call.
+        """
+        t = rope.normalised_time(t)
         if t != self.t:
             self._cache.clear()
         self.t = t
 
-    def set_extents(self, extents: dict[int, float] | None) -> None:
-        """Fix the extent L of each spatial axis (e.g. from the latent size) instead of reading it from
-        the ids: for models that embed text and image tokens in separate calls. None: read from ids."""
-        if extents is not None:
-            extents = {int(a): float(L) for a, L in extents.items()}
-            if set(extents) != set(self.spatial_axes) or not all(L > 0 and math.isfinite(L) for L in extents.values()):
-                raise ValueError(f"extents must give a positive length for each spatial axis {self.spatial_axes}, "
-                                 f"got {extents}")
+    def set_extents(self, extents: dict[int, float]) -> None:
+        """Set the extent L (in positions) of each spatial axis of the image being generated, e.g. from the
+        latent's size: {axis: L} for every axis of `spatial_axes`."""
+        extents = {int(a): float(L) for a, L in extents.items()}
+        if set(extents) != set(self.spatial_axes) or not all(L > 0 and math.isfinite(L) for L in extents.values()):
+            raise ValueError(f"extents must give a positive length for each spatial axis {self.spatial_axes}, "
+                             f"got {extents}")
         if extents != self._extents:
             self._cache.clear()
         self._extents = extents
 
+    @property
+    def extents(self) -> dict[int, float] | None:
+        """The extents set by `set_extents` (a copy), None before."""
+        return None if self._extents is None else dict(self._extents)
+
     # -- per-axis quantities ---------------------------------------------------------------
 
-    def axis_extents(self, ids: torch.Tensor) -> dict[int, float]:
-        """Extent L (in positions) of each spatial axis: as set by `set_extents`, else read from the
-        generated image's tokens in the ids."""
-        if self._extents is not None:
-            return dict(self._extents)
-        if self.index_axis is None:
-            own = torch.ones_like(ids[..., :1], dtype=torch.bool)  # [B, L, 1]: every token counts
-        else:
-            own = (ids[..., self.index_axis] == 0)[..., None]  # [B, L, 1]: generated image (and text) tokens
-        if not bool(own.any()):
-            return {a: 0.0 for a in self.spatial_axes}
-        pos = ids[..., list(self.spatial_axes)].to(torch.float64)  # [B, L, n_spatial]
-        hi = torch.where(own, pos, -math.inf).amax(dim=(0, 1))
-        extent = hi + 1 if self.extent_mode == "max" else hi - torch.where(own, pos, math.inf).amin(dim=(0, 1)) + 1
-        return dict(zip(self.spatial_axes, extent.tolist()))
-
-    def axis_scales(self, ids: torch.Tensor) -> dict[int, float]:
+    def axis_scales(self) -> dict[int, float]:
         """s = L / L0 per spatial axis."""
-        return {a: L / self.base_len[a] for a, L in self.axis_extents(ids).items()}
+        if self._extents is None:
+            raise ValueError("RoPEEmbedder has no extents: call set_extents({axis: L}) with the generated image's "
+                             f"tokens along each spatial axis {self.spatial_axes} first (the promotion sets them "
+                             "from the latent before each model call)")
+        return {a: L / self.base_len[a] for a, L in self._extents.items()}
 
     def frequencies(self, axis: int, scale: float) -> torch.Tensor:
         """f_j of one axis at the current time, float64 [D/2] (stock for non-spatial axes)."""
@@ -130,7 +121,8 @@ class RoPEEmbedder(nn.Module):
             scale, base_len = 1.0, 1.0
         else:
             base_len = self.base_len[axis]
-        return _cached_frequencies(self.axes_dim[axis], self.theta, scale, self.t, self.method, base_len, self.params)
+        return rope._axis_frequencies(self.axes_dim[axis], self.theta, scale, self.t, self.method, base_len,
+                                      self.params)
 
     def mscale(self, axis: int, scale: float) -> float:
         if axis not in self.spatial_axes:
@@ -151,7 +143,7 @@ class RoPEEmbedder(nn.Module):
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         pos = ids.detach().to(torch.float32)  # as ComfyUI's rope: positions rounded to float32 first
-        scales = self.axis_scales(pos)
+        scales = self.axis_scales()
         table_device = torch.device("cpu") if pos.device.type in _NO_FLOAT64_DEVICES else pos.device
         out = torch.empty(*pos.shape[:2], self.dim // 2, 2, 2, dtype=torch.float32, device=pos.device)
         start = 0
@@ -198,12 +190,6 @@ def rotation_blocks(positions: torch.Tensor, freqs: torch.Tensor, mscale: float 
     if mscale != 1.0:
         blocks = blocks * mscale
     return blocks.view(*angle.shape, 2, 2).to(torch.float32)
-
-
-@functools.lru_cache(maxsize=512)
-def _cached_frequencies(dim: int, theta: float, scale: float, t: float, method: str, base_len: float,
-                        params: rope.RoPEParams) -> torch.Tensor:
-    return rope._axis_frequencies(dim, theta, scale, t, method, base_len, params)
 
 
 def _per_axis(value, axes: tuple[int, ...]) -> dict[int, float]:

@@ -4,10 +4,11 @@ Adding a family is one `Family(...)` row in FAMILIES. Facts are read from ComfyU
 (v0.14.1 unless a row says otherwise); each row names the files it comes from.
 
 A row says where the model keeps its positional embedder, its RoPE constants, which axes are
-spatial, how the generated image's tokens are told apart in the ids, how the extent is read, and
-the training grid. Our replacement embedder keeps the EmbedND output layout
-[B, 1, L, sum(axes_dim)/2, 2, 2] (HiDream's: [B, L, 1, ...], `head_axis`), so any transpose a family applies to the embedder output (Z-Image
-and Lumina2 call `.movedim(1, 2)` on it) still happens in the model's own code.
+spatial, its latent and patch size (the promotion sets each spatial axis's extent from the latent the
+model is called with, `Family.extents_from_x`, for every family: never from the ids), and the
+training grid. Our replacement embedder keeps the EmbedND output layout [B, 1, L, sum(axes_dim)/2, 2, 2]
+(HiDream's: [B, L, 1, ...], `head_axis`), so any transpose a family applies to the embedder output
+(Z-Image and Lumina2 call `.movedim(1, 2)` on it) still happens in the model's own code.
 """
 from __future__ import annotations
 
@@ -24,9 +25,6 @@ class Family:
     axes_dim: tuple
     theta: float
     spatial_axes: tuple       # axes promoted by SHARP (height, width)
-    index_axis: int | None    # axis whose value 0 marks the generated image's tokens; None = all tokens
-    extent_mode: str          # "max": positions start at 0; "span": positions centred on the image
-    extent_source: str        # "ids": read from the ids; "latent": set from the latent size each step
     base_resolution: int      # training resolution in px (the base grid)
     px_per_token: int         # image px per RoPE position (VAE downscale x patch size)
     comfyui: str              # oldest ComfyUI we verified has this family (we test 0.3.64, 0.14.1, 0.28.0, 0.33.0)
@@ -50,8 +48,7 @@ class Family:
     def embedder_kwargs(self) -> dict:
         """The `sharp.RoPEEmbedder` arguments this family needs besides method and params."""
         return dict(theta=self.theta, axes_dim=self.axes_dim, base_len=self.base_len,
-                    spatial_axes=self.spatial_axes, extent_mode=self.extent_mode, index_axis=self.index_axis,
-                    head_axis=self.head_axis)
+                    spatial_axes=self.spatial_axes, head_axis=self.head_axis)
 
     def latent_extents(self, latent_h: int, latent_w: int, latent_px: int | None = None) -> dict[int, float]:
         """Extent per spatial axis from a latent of latent_h x latent_w (latent_px image px per latent px,
@@ -70,47 +67,46 @@ class Family:
 
 
 FAMILIES = (
-    Family("Flux.1", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
+    Family("Flux.1", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16, "0.3.64",
            "comfy/ldm/flux/model.py Flux.process_img: ids (index, row, col), h_len = (h + 1) // 2 = ceil on the "
            "padded latent; text ids all 0 (txt_ids_dims []). model_detection.py: axes [16,56,56], theta 10000, "
            "patch 2 on the /8 VAE latent (latent_formats.Flux). Kontext references: index 1 ('offset'), or "
            "index 0 with row/col offsets past the image ('uxo'), so the promotion reads extents from the latent. "
            "supported_models.Flux: ModelSamplingFlux, default shift 1.15. Covers dev, schnell, Krea, Fill, Kontext.",
            (), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True),
-    Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.14.1",
+    Family("Flux.2", ("Flux",), "pe_embedder", (32, 32, 32, 32), 2000.0, (1, 2), 1024, 16, "0.14.1",
            "model_detection.py (double_stream_modulation_img): axes [32,32,32,32], theta 2000, patch 1, "
            "txt_ids_dims [3] (text positions on axis 3 only; image tokens 0 there), references by 'index' at "
            "10, 20... (ref_index_scale 10). latent_formats.Flux2: 128 channels at /16 (the 2x2 patchify is "
            "in the latent), so 16 px per position as Flux.1. supported_models.Flux2: ModelSamplingFlux, shift 2.02.",
            (3,), latent_px=16, flux_shift=2.02, rope_options=True),
-    Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "latent", 1024, 16,
+    Family("Ovis-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16,
            "0.14.1",
            "model_detection.py (yak_mlp + txt_norm): the Flux class with txt_ids_dims [1, 2]: text positions "
            "0..n-1 lie on both spatial axes at image index 0, so the extent comes from the latent, not from "
            "max(ids). Flux.1 latent, patch and schedule (supported_models.Flux).",
            (1, 2), latent_px=8, flux_shift=1.15, resolution_shift=True, rope_options=True,
            params=(("yak_mlp", True), ("txt_norm", True))),
-    Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids", 1024, 16, "0.3.64",
+    Family("Chroma", ("Chroma",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16, "0.3.64",
            "comfy/ldm/chroma/model.py: EmbedND(axes_dim, theta) as Flux; img ids (0, row, col) with h_len = "
            "ceil(h / 2), text all 0. supported_models.Chroma: Flux latent, ModelSamplingFlux (default 1.15).",
            latent_px=8, flux_shift=1.15, resolution_shift=True),
-    Family("Chroma Radiance", ("ChromaRadiance",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "max", "ids",
-           1024, 16, "0.3.64",
+    Family("Chroma Radiance", ("ChromaRadiance",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16, "0.3.64",
            "comfy/ldm/chroma_radiance/model.py: pixel space (the model is called with the [B, 3, H, W] image), "
            "patch 16 px (model_detection reads img_in_patch; 16 in released checkpoints), h_len = padded h // 16; "
            "embedder and ids as Chroma. 0.33 adds use_sequential_txt_ids (checkpoints with a __sequential__ key, "
            "or ChromaRadianceOptions force_sequential_txt_ids): text token k then sits at (k, 0, 0), i.e. on the "
            "image-index axis (not promoted) with spatial positions 0; image ids are unchanged, so the spatial "
-           "extents (from the latent, and by the ids rule, which counts index-0 tokens only) are the same.",
+           "extents (from the latent) are the same.",
            latent_px=1, flux_shift=1.15, resolution_shift=True),
-    Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
-           "ids", 1328, 16, "0.3.64",
+    Family("Qwen-Image", ("QwenImageTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1328, 16,
+           "0.3.64",
            "comfy/ldm/qwen_image/model.py process_img: x is [B, C, T, H, W] (Wan 2.1 latent, /8), patch 2, "
            "positions centred (- h_len // 2); text ids at txt_start + k on all three axes (index axis != 0, so "
            "they do not count); references at index 1, 2... (or -1, -2...). Trained at 1328 px (Qwen-Image's 1:1 "
            "size). supported_models.QwenImage: ModelSamplingFlux, shift 1.15.",
            latent_px=8, flux_shift=1.15),
-    Family("Z-Image", ("NextDiT",), "rope_embedder", (32, 48, 48), 256.0, (1, 2), None, "max", "latent", 1024, 16,
+    Family("Z-Image", ("NextDiT",), "rope_embedder", (32, 48, 48), 256.0, (1, 2), 1024, 16,
            "0.14.1",
            "comfy/ldm/lumina/model.py NextDiT.embed_all: caption and image ids embedded in separate calls; image "
            "ids (caption length padded to 32 + 1, row, col) via pos_ids_x, then padded with (0, 0, 0) rows to a "
@@ -118,13 +114,13 @@ FAMILIES = (
            "padded latent. model_detection.py (dim 3840): axes_dims [32,48,48], rope_theta 256. "
            "supported_models.ZImage: ModelSamplingDiscreteFlow, shift 3 (fixed at every size).",
            latent_px=8, rope_options=True),
-    Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
+    Family("Lumina 2", ("NextDiT",), "rope_embedder", (32, 32, 32), 10000.0, (1, 2), 1024, 16,
            "0.3.64",
            "comfy/ldm/lumina/model.py NextDiT as Z-Image (0.3.64: caption and image ids in one call, image axis 0 = "
            "caption length, theta fixed at 10000); model_detection.py (dim 2304): axes_dims [32,32,32], "
            "rope_theta 10000. supported_models.Lumina2: ModelSamplingDiscreteFlow, shift 6.",
            latent_px=8, rope_options=True),
-    Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), None, "max", "ids", 2048,
+    Family("HunyuanImage 2.1", ("HunyuanVideo",), "pe_embedder", (64, 64), 256.0, (0, 1), 2048,
            32, "0.3.64",
            "comfy/ldm/hunyuan_video/model.py img_ids_2d: two axes (row, col), text (and byT5) ids all 0; "
            "model_detection.py: 2-D patch_size from img_in ([1, 1]) -> axes [64, 64], theta 256; "
@@ -132,8 +128,8 @@ FAMILIES = (
            "supported_models.HunyuanImage21: ModelSamplingDiscreteFlow, shift 5. (HunyuanVideo itself has 3 axes, "
            "theta 256, and matches no row.)",
            latent_px=32),
-    Family("HiDream", ("HiDreamImageTransformer2DModel",), "pe_embedder", (64, 32, 32), 10000.0, (1, 2), 0, "max",
-           "ids", 1024, 16, "0.3.64",
+    Family("HiDream", ("HiDreamImageTransformer2DModel",), "pe_embedder", (64, 32, 32), 10000.0, (1, 2), 1024, 16,
+           "0.3.64",
            "comfy/ldm/hidream/model.py (identical in 0.3.64 and 0.14.1): its own EmbedND(theta=10000, "
            "axes_dims_rope) returning emb.unsqueeze(2), i.e. [B, L, 1, sum/2, 2, 2] (head_axis 2); _forward: "
            "pad_to_patch_size, img ids (0, row, col) on the pH x pW patch grid, then text ids all 0 appended "
@@ -145,7 +141,7 @@ FAMILIES = (
            "width, so the ids then span twice the width; the promotion sets extents from the generated latent.",
            latent_px=8, head_axis=2),
     Family("OmniGen2", ("OmniGen2Transformer2DModel",), "rope_embedder.rope_embedder", (40, 40, 40), 10000.0, (1, 2),
-           None, "max", "latent", 1024, 16, "0.3.64",
+           1024, 16, "0.3.64",
            "comfy/ldm/omnigen/omnigen2.py (identical in 0.3.64 and 0.14.1): diffusion_model.rope_embedder is an "
            "OmniGen2RotaryPosEmbed (it also carries theta / axes_dim) that builds the ids and calls its inner "
            "comfy.ldm.flux.layers.EmbedND at rope_embedder.rope_embedder once per model call, then .movedim(1, 2) "
@@ -159,7 +155,7 @@ FAMILIES = (
            latent_px=8),
     # --- families added after 0.14.1 (read from ComfyUI 0.33.0; the oldest version each was tested on is its
     # `comfyui`) ---
-    Family("LongCat-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), None, "max", "latent", 1024, 16,
+    Family("LongCat-Image", ("Flux",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16,
            "0.28.0",
            "model_detection.py (context_in_dim 3584, vec_in_dim None): the Flux class with txt_ids_dims [1, 2] (text "
            "k at (0, k, k)); model_base.LongCatImage._apply_model sets rope_options shift_t 1 and shift_y = shift_x = "
@@ -169,7 +165,7 @@ FAMILIES = (
            "default size (not stated in ComfyUI's source).",
            (1, 2), latent_px=8, flux_shift=1.15, rope_options=True,
            params=(("context_in_dim", 3584), ("vec_in_dim", None))),
-    Family("Krea 2", ("SingleStreamDiT",), "pe_embedder", (32, 48, 48), 1000.0, (1, 2), 0, "max", "ids", 1024, 16,
+    Family("Krea 2", ("SingleStreamDiT",), "pe_embedder", (32, 48, 48), 1000.0, (1, 2), 1024, 16,
            "0.28.0",
            "comfy/ldm/krea2/model.py SingleStreamDiT: pe_embedder = comfy.ldm.flux.layers.EmbedND(theta=int(1e3), "
            "axes [hd - 12 (hd // 16), 6 (hd // 16), 6 (hd // 16)] = [32, 48, 48] for head dim 128 "
@@ -178,7 +174,7 @@ FAMILIES = (
            "supported_models.Krea2: latent_formats.Wan21 (/8; x may be [B, C, T, H, W]), ModelType.FLUX with shift "
            "1.15 (ModelSamplingFlux). Base 1024 px (not stated in ComfyUI's source).",
            latent_px=8, flux_shift=1.15),
-    Family("Lens", ("LensTransformer2DModel",), "pos_embed", (8, 28, 28), 10000.0, (1, 2), 0, "span", "ids", 1440, 16,
+    Family("Lens", ("LensTransformer2DModel",), "pos_embed", (8, 28, 28), 10000.0, (1, 2), 1440, 16,
            "0.28.0",
            "comfy/ldm/lens/model.py: pos_embed = EmbedND(theta 10000, axes_dims_rope (8, 28, 28)), head dim 64; "
            "_lens_position_ids: image (0, row, col) centred ([-(n - n // 2), n // 2)), then text k at "
@@ -186,16 +182,16 @@ FAMILIES = (
            "(/16), one token per latent px. supported_models.Lens: ModelType.FLUX (ModelSamplingFlux) with shift "
            "1.829, 'Default mu for 1440x1440': base 1440 px = 90 positions.",
            latent_px=16, flux_shift=1.829),
-    Family("MageFlow", ("MageFlowTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 0, "span",
-           "ids", 1024, 16, "0.33.0",
+    Family("MageFlow", ("MageFlowTransformer2DModel",), "pe_embedder", (16, 56, 56), 10000.0, (1, 2), 1024, 16,
+           "0.33.0",
            "comfy/ldm/mage_flow/model.py: pe_embedder = EmbedND(theta 10000, axes_dims_rope (16, 56, 56)); "
            "process_img: patch 1 on the Flux2 latent (/16), ids (index, row, col) centred as [-ceil(n/2), "
            "floor(n/2)), references at index 1, 2...; text ids all 0 (inside the image's span). "
            "model_base.MageFlow: ModelType.FLOW (ModelSamplingDiscreteFlow, shift 6, fixed). Absent in 0.28.0. "
            "Base 1024 px (not stated in ComfyUI's source).",
            latent_px=16),
-    Family("Boogu", ("BooguTransformer2DModel",), "rope_embedder.rope_embedder", (40, 40, 40), 10000.0, (1, 2), None,
-           "max", "latent", 1024, 16, "0.28.0",
+    Family("Boogu", ("BooguTransformer2DModel",), "rope_embedder.rope_embedder", (40, 40, 40), 10000.0, (1, 2),
+           1024, 16, "0.28.0",
            "comfy/ldm/boogu/model.py: rope_embedder = comfy.ldm.omnigen.omnigen2.OmniGen2RotaryPosEmbed(theta 10000, "
            "axes_dim_rope (40, 40, 40)), called as in OmniGen2 (caption at (k, k, k), references and the generated "
            "image each from row/col 0), so the inner EmbedND is replaced and extents come from the latent. "
@@ -246,6 +242,21 @@ def family(name: str) -> Family:
 
 def supported_families_text() -> str:
     return "; ".join(f"{f.name} (ComfyUI >= {f.comfyui})" for f in FAMILIES)
+
+
+def names_text(rows=FAMILIES) -> str:
+    """"A, B and C": the rows' names, in table order (for node text built from the table)."""
+    names = [f.name for f in rows]
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def grouped_text(key, fmt: str = "{value}: {names}", rows=FAMILIES) -> str:
+    """"1024: A, B; 1328: C": the rows grouped by key(row) (rows where it is None left out), values sorted."""
+    groups: dict = {}
+    for f in rows:
+        if key(f) is not None:
+            groups.setdefault(key(f), []).append(f)
+    return "; ".join(fmt.format(value=v, names=names_text(g)) for v, g in sorted(groups.items()))
 
 
 def get_path(obj, path: str):
@@ -331,10 +342,10 @@ def detect_family(diffusion_model, override: str | None = None, get_embedder=Non
 
 
 def build_embedder(family: Family, method: str = "sharp", base_resolution: int | None = None,
-                   theta: float | None = None, axes_dim=None, **params):
+                   theta: float | None = None, axes_dim=None, params: rope.RoPEParams = rope.RoPEParams()):
     """A `sharp.RoPEEmbedder` for this family (base_resolution overrides the family's training grid;
     theta / axes_dim, the model's own embedder constants, override the row's: a fine-tune or a family
-    picked by override keeps its own frequencies, with the row's layout)."""
+    picked by override keeps its own frequencies, with the row's layout; params: the method's constants)."""
     from sharp.embedder import RoPEEmbedder
 
     kwargs = family.embedder_kwargs()
@@ -346,4 +357,4 @@ def build_embedder(family: Family, method: str = "sharp", base_resolution: int |
         kwargs["axes_dim"] = tuple(int(d) for d in axes_dim)
     if base_resolution is not None:
         kwargs["base_len"] = rope.base_len_from_resolution(base_resolution, family.px_per_token)
-    return RoPEEmbedder(method=method, **kwargs, **params)
+    return RoPEEmbedder(method=method, params=params, **kwargs)

@@ -17,16 +17,17 @@ What a promoted clone does:
 - an APPLY_MODEL wrapper (key "sharp", composable with other packs' wrappers) sets, each model call,
   the embedder's time from the sampler's sigma, t = sigma / sigma_max (1 = pure noise), so it follows
   every sampler, scheduler and custom sigma list; and the extent of each spatial axis from the latent
-  x the model is called with (`Family.extents_from_x`), so text or reference tokens that sit on the
-  spatial axes (Ovis-Image text, Flux Kontext "uxo" references) never count, and models that embed
-  caption and image in separate calls (Lumina 2, Z-Image) rotate both with one scale;
-- the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (Flux.1, Chroma,
-  Ovis-Image, Qwen-Image: mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux;
-  families sampled with ModelSamplingDiscreteFlow (Lumina 2, Z-Image, HunyuanImage 2.1, HiDream, OmniGen2)
-  already have a fixed, size-independent shift, which "sharp" leaves as it is. "resolution" applies ComfyUI's
-  width/height-dependent Flux.1 shift (the ModelSamplingFlux node), with the size read from the latent
-  at sampling time (an OUTER_SAMPLE wrapper re-shifts the sigma list); only for families that formula
-  belongs to. "keep" leaves the model's noise schedule alone.
+  x the model is called with (`Family.extents_from_x`). That is the one rule for extents, for every
+  family: the ids are never read for them, so text or reference tokens that sit on the spatial axes
+  (Ovis-Image text, Flux Kontext "uxo" references) never count, and models that embed caption and image
+  in separate calls (Lumina 2, Z-Image) rotate both with one scale;
+- the noise shift: "sharp" fixes the family's own ComfyUI shift at every size (the row's `flux_shift`:
+  Flux.1 mu = 1.15, the authors' Flux pipeline; Flux.2: 2.02) on a ModelSamplingFlux; families sampled
+  with ModelSamplingDiscreteFlow (`flux_shift` None) already have a fixed, size-independent shift, which
+  "sharp" leaves as it is. "resolution" applies ComfyUI's width/height-dependent Flux.1 shift (the
+  ModelSamplingFlux node), with the size read from the latent at sampling time (an OUTER_SAMPLE wrapper
+  re-shifts the sigma list); only for families that formula belongs to (`resolution_shift`). "keep"
+  leaves the model's noise schedule alone.
 - promoting an already promoted model replaces the earlier promotion's RoPE (the last node wins; the
   RoPE methods do not stack) and logs a warning; its noise_shift "keep" keeps the earlier node's
   schedule (a "resolution" wrapper included), any other value replaces it.
@@ -43,7 +44,7 @@ import sharp
 from sharp import families, rope
 from sharp.families import UnsupportedModelError  # noqa: F401  (re-exported: the node's error type)
 from sharp.rope import METHODS
-from sharp.schedule import FLUX_SHIFT_MU, VAE_DOWNSCALE, flux_resolution_mu
+from sharp.schedule import flux_resolution_mu, flux_time_shift, flux_time_unshift
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,6 @@ EMBEDDER_PATH = "diffusion_model.pe_embedder"
 """The Flux-style families' embedder path (see `embedder_path` for any family)."""
 SAMPLING_PATH = "model_sampling"
 
-METHOD_CHOICES = ("sharp", "dype", "yarn", "dy-ntk", "ntk", "pi", "base")
-"""The methods in the order the node lists them (default first); the same set as `sharp.rope.METHODS`."""
-assert set(METHOD_CHOICES) == set(METHODS)
-
 NOISE_SHIFTS = ("sharp", "resolution", "keep")
 
 AUTO = "auto"
@@ -66,12 +63,6 @@ FAMILY_CHOICES = (AUTO,) + tuple(f.name for f in families.FAMILIES)
 
 FAMILY_DEFAULT = 0
 """base_resolution value meaning "the family's training resolution"."""
-
-LATENT_PX = VAE_DOWNSCALE
-"""Image pixels per latent pixel of Flux.1's VAE (the default of `latent_size_px`)."""
-
-PATCH_PX = rope.PATCH_PX
-"""Image pixels per token / RoPE position of Flux.1 (VAE 8x, patchify 2x2)."""
 
 
 def embedder_path(family: families.Family) -> str:
@@ -116,7 +107,7 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, family: str = "Flux.1",
+def check_base_resolution(base_resolution: int, px_per_token: int = rope.PATCH_PX, family: str = "Flux.1",
                           family_default: bool = False) -> int:
     """A positive multiple of px_per_token (one RoPE position) in px. family_default: the caller also
     accepts 0 (= the family's training resolution), which the message then mentions."""
@@ -132,34 +123,16 @@ def check_base_resolution(base_resolution: int, px_per_token: int = PATCH_PX, fa
 
 # --- time and noise shift -------------------------------------------------------------------------
 
-def normalised_time(sigma, sigma_max) -> float:
-    """t = sigma / sigma_max in [0, 1] (1 = pure noise) from the sampler's sigma.
-
-    sigma may be a tensor with one value per batch row (ComfyUI passes that); rows are sampled at the
-    same noise level, the largest is used. Raises ValueError on a non-finite sigma or sigma_max <= 0.
-    """
-    s = float(torch.as_tensor(sigma, dtype=torch.float64).max())
-    smax = float(torch.as_tensor(sigma_max, dtype=torch.float64).max())
-    if not math.isfinite(s) or not math.isfinite(smax) or smax <= 0:
-        raise ValueError(f"cannot normalise sigma={s} by sigma_max={smax}: both must be finite, sigma_max > 0")
-    return min(max(s / smax, 0.0), 1.0)
-
-
 def reshift_sigmas(sigmas: torch.Tensor, mu_from: float, mu_to: float) -> torch.Tensor:
-    """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time.
-
-    Flux: sigma = e^mu / (e^mu + 1/t - 1). 0 and 1 map to themselves; the order is kept.
-    """
-    s = sigmas.to(torch.float64)
-    odds = torch.where(s > 0, (1.0 / s.clamp(min=1e-300)) - 1.0, torch.full_like(s, math.inf))  # 1/sigma - 1
-    inv = odds * math.exp(mu_from)  # = 1/t - 1
-    out = math.exp(mu_to) / (math.exp(mu_to) + inv)
-    out = torch.where(s > 0, out, torch.zeros_like(s))
-    return out.to(sigmas.dtype)
+    """Move a Flux sigma list from shift mu_from to mu_to, keeping each sigma's underlying time t
+    (`sharp.schedule.flux_time_shift` and its inverse, in float64). 0 and 1 map to themselves; the order is kept."""
+    t = flux_time_unshift(mu_from, sigmas.to(torch.float64))
+    return flux_time_shift(mu_to, t).to(sigmas.dtype)
 
 
-def latent_size_px(latent_image, latent_shapes=None, latent_px: int = LATENT_PX) -> tuple[int, int]:
-    """(width, height) in image pixels of the latent being sampled ([B, C, (T,) H, W])."""
+def latent_size_px(latent_image, latent_shapes, latent_px: int) -> tuple[int, int]:
+    """(width, height) in image pixels of the latent being sampled ([B, C, (T,) H, W]; latent_px image px
+    per latent px)."""
     shape = latent_shapes[0] if latent_shapes else latent_image.shape
     if len(shape) < 4:
         raise ValueError(f"expected an image latent [B, C, H, W], got shape {tuple(shape)}")
@@ -183,8 +156,8 @@ def rope_options_extents(extents: dict[int, float], spatial_axes: tuple, rope_op
 
 
 class StepTime:
-    """APPLY_MODEL wrapper: before each model call, set the embedder's time from sigma and its extents
-    from the latent x ([B, C, (T,) H, W]).
+    """APPLY_MODEL wrapper: before each model call, set the embedder's time t = sigma / sigma_max from the
+    sampler's sigma and its extents from the latent x ([B, C, (T,) H, W]).
 
     t comes from the sigma the sampler passes to apply_model (the generated image's noise level), not from
     the timestep the diffusion model builds from it: Flux's `ref_latents_method="index_timestep_zero"` runs
@@ -192,35 +165,30 @@ class StepTime:
 
     It acts on the embedder the model is running with (the object patch of the clone being sampled,
     at `diffusion_model.<family.embedder_attr>`), and on its own embedder when the model has none it
-    recognises. extents_from_latent=False leaves the extents to the ids rule (library default). Where the
-    family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are those of the scaled
-    positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the same axis unseen.
+    recognises. Where the family applies ComfyUI's `rope_options` (ScaleROPE) to its ids, the extents are
+    those of the scaled positions (`rope_options_extents`), so ScaleROPE and SHARP do not both stretch the
+    same axis unseen.
 
     Deep copies (ComfyUI's MultiGPU clones, `DeepcloneOwnEmbedder`) own a copy of the embedder: no time or
     extent is shared between models that run concurrently.
     """
 
-    def __init__(self, embedder, family: families.Family | None = None, extents_from_latent: bool = True):
+    def __init__(self, embedder, family: families.Family):
         self.embedder = embedder
         self.family = family
-        self.extents_from_latent = bool(extents_from_latent and family is not None)
 
-    def __call__(self, executor, x, t, *args, **kwargs):
+    def __call__(self, executor, x, sigma, *args, **kwargs):
         base_model = getattr(executor, "class_obj", None)
-        sampling = getattr(base_model, "model_sampling", None)
-        sigma_max = getattr(sampling, "sigma_max", 1.0)
-        time = normalised_time(t, sigma_max)
-        attr = self.family.embedder_attr if self.family is not None else "pe_embedder"
-        live = families.get_path(getattr(base_model, "diffusion_model", None), attr)
+        sigma_max = getattr(getattr(base_model, "model_sampling", None), "sigma_max", 1.0)
+        live = families.get_path(getattr(base_model, "diffusion_model", None), self.family.embedder_attr)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
-        target.set_time(time)
-        if self.extents_from_latent:
-            extents = self.family.extents_from_x(x)
-            if self.family.rope_options:
-                options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
-                extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
-            target.set_extents(extents)
-        return executor(x, t, *args, **kwargs)
+        target.set_time(rope.normalised_time(sigma, sigma_max))  # sigma -> t, checked and clamped (the boundary)
+        extents = self.family.extents_from_x(x)
+        if self.family.rope_options:
+            options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
+            extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
+        target.set_extents(extents)
+        return executor(x, sigma, *args, **kwargs)
 
 
 class DeepcloneOwnEmbedder:
@@ -231,10 +199,9 @@ class DeepcloneOwnEmbedder:
     cache) from its own thread. The clone gets a copy of the embedder in its object patch and a new
     StepTime wrapper bound to it."""
 
-    def __init__(self, family: families.Family, apply_model_wrapper: str, extents_from_latent: bool = True):
+    def __init__(self, family: families.Family, apply_model_wrapper: str):
         self.family = family
         self.apply_model_wrapper = apply_model_wrapper
-        self.extents_from_latent = extents_from_latent
 
     def __call__(self, source, clone):
         import copy
@@ -246,13 +213,13 @@ class DeepcloneOwnEmbedder:
         own = copy.deepcopy(current)
         clone.add_object_patch(path, own)
         clone.remove_wrappers_with_key(self.apply_model_wrapper, PATCH_KEY)
-        clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family, self.extents_from_latent))
+        clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family))
 
 
 class ResolutionShift:
     """OUTER_SAMPLE wrapper: re-shift the sigma list from mu_from to ComfyUI's resolution mu."""
 
-    def __init__(self, mu_from: float = FLUX_SHIFT_MU, latent_px: int = LATENT_PX):
+    def __init__(self, mu_from: float, latent_px: int):
         self.mu_from = float(mu_from)
         self.latent_px = int(latent_px)
 
@@ -268,16 +235,15 @@ class ResolutionShift:
 # --- the patch ------------------------------------------------------------------------------------
 
 def build_embedder(family: families.Family, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT,
-                   alpha_s: float = 4.0, beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0),
-                   mscale: bool = True, theta: float | None = None, axes_dim=None) -> "sharp.RoPEEmbedder":
+                   params: rope.RoPEParams = rope.RoPEParams(), theta: float | None = None,
+                   axes_dim=None) -> "sharp.RoPEEmbedder":
     """A new `sharp.RoPEEmbedder` for the family; base_resolution 0 = the family's training grid;
     theta / axes_dim: the model's own embedder's (default the row's)."""
-    check_choice("method", method, METHOD_CHOICES)
+    check_choice("method", method, METHODS)
     base = None
     if int(base_resolution) != FAMILY_DEFAULT:
         base = check_base_resolution(base_resolution, family.px_per_token, family.name, family_default=True)
-    return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, alpha_s=float(alpha_s),
-                                   beta=tuple(beta), gamma=tuple(gamma), mscale=bool(mscale))
+    return families.build_embedder(family, method, base, theta=theta, axes_dim=axes_dim, params=params)
 
 
 def check_noise_shift(model, family: families.Family, noise_shift: str) -> float | None:
@@ -303,13 +269,15 @@ def check_noise_shift(model, family: families.Family, noise_shift: str) -> float
     return family.flux_shift
 
 
-def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, alpha_s: float = 4.0,
-            beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
-            noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
+def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAULT, noise_shift: str = "sharp",
+            family: str = AUTO,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
-            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = ()):
+            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = (),
+            **params):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
+    params: the method's constants, fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, ...);
+    the ones not given keep the authors' defaults.
     family: "auto" (detect) or a family name (`FAMILY_CHOICES`). base_resolution: px, 0 = the family's.
     apply_model_wrapper / outer_sample_wrapper: ComfyUI's WrappersMP.APPLY_MODEL / OUTER_SAMPLE names.
     make_flux_sampling(mu): a new Flux noise-schedule object with shift mu (needed when noise_shift
@@ -318,13 +286,14 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     where this ComfyUI has none): each clone then owns its embedder (`DeepcloneOwnEmbedder`).
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
+    params = rope.RoPEParams.from_kwargs(**params)
     fam = detect(model, family)
     try:
         original = model.get_model_object(embedder_path(fam))
     except AttributeError:
         original = None
-    embedder = build_embedder(fam, method, base_resolution, alpha_s, beta, gamma, mscale,
-                              theta=getattr(original, "theta", None), axes_dim=getattr(original, "axes_dim", None))
+    embedder = build_embedder(fam, method, base_resolution, params, theta=getattr(original, "theta", None),
+                              axes_dim=getattr(original, "axes_dim", None))
     mu = check_noise_shift(model, fam, noise_shift)
     if mu is not None and make_flux_sampling is None:
         raise ValueError(f"noise_shift {noise_shift!r} needs make_flux_sampling")
@@ -337,7 +306,7 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     patched = model.clone()
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
-    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
+    patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam))
     if noise_shift != "keep":  # "keep" keeps the schedule the model came with, an earlier promotion's too
         patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
@@ -346,6 +315,5 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
         patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
     for callback in deepclone_callbacks:
         patched.remove_callbacks_with_key(callback, PATCH_KEY)
-        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
-                                                                                extents_from_latent))
+        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper))
     return patched

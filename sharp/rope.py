@@ -8,7 +8,7 @@ implementation name it. Notation, for one spatial axis of a Flux-style RoPE:
     L0     base length: tokens along the axis at the training resolution (1024 px / 16 = 64)
     L      current extent: tokens along the axis of the image being generated
     s      scale L / L0; an axis with s <= 1 is left exactly as stock RoPE (no mscale)
-    t      normalised noise level sigma / sigma_max in [0, 1], 1 = pure noise
+    t      normalised noise level sigma / sigma_max in [0, 1], 1 = pure noise (`normalised_time`)
 
 All frequencies are float64; `sharp.embedder.RoPEEmbedder` turns them into the rotation blocks.
 """
@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 
-METHODS = ("base", "pi", "ntk", "yarn", "dy-ntk", "dype", "sharp")
-"""Method names, exactly as the nodes, the CLI and the configs spell them."""
+METHODS = ("sharp", "dype", "yarn", "dy-ntk", "ntk", "pi", "base")
+"""Method names, exactly as the nodes, the CLI and the configs spell them; the default first, in the order
+the nodes list them."""
 
 MSCALE_METHODS = frozenset({"yarn", "dype", "sharp"})
 """Methods that multiply the rotation blocks of a promoted axis by mscale(s)."""
 
-PATCH_PX = 16
-"""Image pixels per RoPE position in Flux (8x VAE downsampling x 2x2 patchify)."""
+VAE_DOWNSCALE = 8
+"""Image pixels per latent pixel of Flux.1's VAE."""
+PATCH_SIZE = 2
+"""Latent pixels per side of one Flux.1 token (2x2 patchify)."""
+PATCH_PX = VAE_DOWNSCALE * PATCH_SIZE
+"""Image pixels per RoPE position in Flux.1: 16 (other families: `sharp.families.Family.px_per_token`)."""
 
 
 @dataclass(frozen=True)
 class RoPEParams:
-    """Every constant of the methods, with the authors' defaults."""
+    """Every constant of the methods, with the authors' defaults: the one place they are written
+    (`RoPEParams()` gives the defaults to the nodes, the CLI and the library)."""
 
     alpha_s: float = 4.0            # SHARP decay strength; clamped to >= 1 (1 = linear kappa(t) = t)
     beta: tuple = (1.25, 0.75)      # stage-1 rotation pair (r_lo, r_hi): PI <-> NTK blend
@@ -63,9 +69,6 @@ class RoPEParams:
             raise ValueError(f"unknown RoPE parameter(s) {unknown}; valid ones are {sorted(valid)}")
         return cls(**params)
 
-    def with_changes(self, **params) -> "RoPEParams":
-        return replace(self, **params) if params else self
-
 
 def check_method(method: str) -> str:
     if method not in METHODS:
@@ -73,12 +76,18 @@ def check_method(method: str) -> str:
     return method
 
 
-def check_time(t: float) -> float:
-    """Validate the normalised noise level; values outside [0, 1] are clamped (documented behaviour)."""
-    t = float(t)
-    if not math.isfinite(t):
-        raise ValueError(f"noise level t must be a finite number in [0, 1], got {t}")
-    return min(max(t, 0.0), 1.0)
+def normalised_time(sigma, sigma_max=1.0) -> float:
+    """t = sigma / sigma_max, clamped to [0, 1] (1 = pure noise): the one check of the time a method sees.
+
+    sigma may be a tensor with one value per batch row (ComfyUI passes that); rows are sampled at the
+    same noise level, the largest is used. Raises ValueError on a non-finite sigma or sigma_max <= 0.
+    """
+    s = float(torch.as_tensor(sigma, dtype=torch.float64).max())
+    smax = float(torch.as_tensor(sigma_max, dtype=torch.float64).max())
+    if not math.isfinite(s) or not math.isfinite(smax) or smax <= 0:
+        raise ValueError(f"the noise level must be finite (t = sigma / sigma_max, sigma_max > 0), got sigma={s}, "
+                         f"sigma_max={smax}")
+    return min(max(s / smax, 0.0), 1.0)
 
 
 def base_len_from_resolution(resolution_px: int, patch_px: int = PATCH_PX) -> float:
@@ -90,7 +99,7 @@ def base_len_from_resolution(resolution_px: int, patch_px: int = PATCH_PX) -> fl
 
 # --- schedules ------------------------------------------------------------------------------
 
-def kappa_sharp(t: float, alpha_s: float = 4.0) -> float:
+def kappa_sharp(t: float, alpha_s: float) -> float:
     """SHARP's rational decay schedule kappa(t) = t / (alpha_s - (alpha_s - 1) t), alpha_s >= 1.
 
     kappa(1) = 1 (full YaRN-strength promotion at pure noise, for layout), kappa(0) = 0 (stock
@@ -100,8 +109,8 @@ def kappa_sharp(t: float, alpha_s: float = 4.0) -> float:
     return t / (alpha_s - (alpha_s - 1.0) * t)
 
 
-def kappa_dype(t: float, exponent: float = 2.0) -> float:
-    """DyPE's schedule kappa(t) = t^2."""
+def kappa_dype(t: float, exponent: float) -> float:
+    """DyPE's schedule kappa(t) = t^exponent (the authors': t^2)."""
     return t ** exponent
 
 
@@ -127,13 +136,13 @@ def ntk_frequencies(dim: int, theta: float, s: float) -> torch.Tensor:
     return base_frequencies(dim, theta * s ** (dim / (dim - 2)))
 
 
-def dy_ntk_theta(dim: int, theta: float, s: float, t: float, exponent: float = 2.0) -> float:
-    """Dynamic NTK base: theta * max(1, (s^(D/(D-2)))^(2 t^2))."""
+def dy_ntk_theta(dim: int, theta: float, s: float, t: float, exponent: float) -> float:
+    """Dynamic NTK base: theta * max(1, (s^(D/(D-2)))^(2 t^exponent)) (the authors': t^2)."""
     return theta * max(1.0, (s ** (dim / (dim - 2))) ** (2.0 * t ** exponent))
 
 
-def mscale(s: float, coeff: float = 0.1) -> float:
-    """YaRN attention scale folded into cos and sin: 1 + 0.1 ln(s)."""
+def mscale(s: float, coeff: float) -> float:
+    """YaRN attention scale folded into cos and sin: 1 + coeff ln(s) (the authors': 0.1)."""
     return 1.0 + coeff * math.log(s)
 
 
@@ -204,8 +213,8 @@ def axis_frequencies(dim: int, theta: float, scale: float, t: float, method: str
     dim: axis dim D (even); theta: RoPE base; scale: s = L / L0; t: normalised noise level
     (clamped to [0, 1]); base_len: L0 in positions; params: fields of `RoPEParams`.
     """
-    return _axis_frequencies(dim, theta, scale, t, check_method(method), base_len,
-                             RoPEParams.from_kwargs(**params))
+    return _axis_frequencies(check_axis_dim(dim), theta, check_scale(scale), normalised_time(t), check_method(method),
+                             base_len, RoPEParams.from_kwargs(**params))
 
 
 def axis_mscale(scale: float, method: str = "sharp", **params) -> float:
@@ -215,11 +224,7 @@ def axis_mscale(scale: float, method: str = "sharp", **params) -> float:
 
 def _axis_frequencies(dim: int, theta: float, s: float, t: float, method: str, base_len: float,
                       p: RoPEParams) -> torch.Tensor:
-    dim = check_axis_dim(dim)
-    s = float(s)
-    if not math.isfinite(s) or s <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {s}")
-    t = check_time(t)
+    """`axis_frequencies` on checked arguments (t already normalised)."""
     if s <= 1.0 or method == "base":
         return base_frequencies(dim, theta)
     if method == "pi":
@@ -241,6 +246,13 @@ def _axis_mscale(s: float, method: str, p: RoPEParams) -> float:
     if s <= 1.0 or not p.mscale or method not in MSCALE_METHODS:
         return 1.0
     return mscale(s, p.mscale_coeff)
+
+
+def check_scale(s: float) -> float:
+    s = float(s)
+    if not math.isfinite(s) or s <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {s}")
+    return s
 
 
 def check_axis_dim(dim: int) -> int:

@@ -9,23 +9,32 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from sharp import rope
+from sharp.rope import PATCH_PX, PATCH_SIZE, VAE_DOWNSCALE
 
 FLUX_SHIFT_MU = 1.15
 """Flux's default noise shift, used by the authors' pipeline at every size."""
 
-VAE_DOWNSCALE = 8
-PATCH_SIZE = 2
+FLUX_STEPS = 28
+"""Sampling steps of the authors' Flux pipeline (the default of the schedule views)."""
 
 
-def flux_time_shift(mu: float, t: np.ndarray | float) -> np.ndarray:
+def flux_time_shift(mu: float, t):
     """sigma(t) = e^mu / (e^mu + 1/t - 1): Flux's shifted schedule (t = 1 -> 1, t = 0 -> 0).
 
     Evaluated as e^mu t / (e^mu t + 1 - t): the same function, exact at both ends, no 1/0 at t = 0.
+    t: a float or numpy array (float64 numpy out) or a torch tensor (a tensor of its dtype out).
     """
-    t = np.asarray(t, dtype=np.float64)
+    if not isinstance(t, torch.Tensor):
+        t = np.asarray(t, dtype=np.float64)
     return math.exp(mu) * t / (math.exp(mu) * t + (1.0 - t))
+
+
+def flux_time_unshift(mu: float, sigma):
+    """The inverse of `flux_time_shift`: t(sigma) = sigma / (sigma + e^mu (1 - sigma)), for sigma in [0, 1]."""
+    return sigma / (sigma + math.exp(mu) * (1.0 - sigma))
 
 
 def flux_sigmas(steps: int, mu: float = FLUX_SHIFT_MU) -> np.ndarray:
@@ -47,14 +56,14 @@ def calculate_shift(seq_len: float, base_seq_len: int = 256, max_seq_len: int = 
 def flux_resolution_mu(width: int, height: int, base_shift: float = 0.5, max_shift: float = 1.15) -> float:
     """ComfyUI's resolution-dependent Flux shift (ModelSamplingFlux node): the token count is
     width * height / 256, not rounded."""
-    tokens = (width * height) / (VAE_DOWNSCALE * VAE_DOWNSCALE * PATCH_SIZE * PATCH_SIZE)
+    tokens = (width * height) / (PATCH_PX * PATCH_PX)
     return calculate_shift(tokens, base_shift=base_shift, max_shift=max_shift)
 
 
 def diffusers_image_size(px: int) -> int:
     """The size diffusers' FluxPipeline samples for a requested px: rounded down to a multiple of 16
     (VAE /8 times the 2x2 patch), e.g. 3756 -> 3744."""
-    step = VAE_DOWNSCALE * PATCH_SIZE
+    step = PATCH_PX
     if px < step:
         raise ValueError(f"image size must be at least {step} px, got {px}")
     return px // step * step
@@ -63,7 +72,7 @@ def diffusers_image_size(px: int) -> int:
 def diffusers_flux_mu(width: int, height: int) -> float:
     """The mu diffusers' FluxPipeline derives for width x height: calculate_shift of its packed latent
     length (height // 16) * (width // 16)."""
-    step = VAE_DOWNSCALE * PATCH_SIZE
+    step = PATCH_PX
     return calculate_shift((diffusers_image_size(height) // step) * (diffusers_image_size(width) // step))
 
 
@@ -118,7 +127,7 @@ class Schedule:
     axes: list           # [AxisSchedule] for the two spatial axes
 
 
-def rope_schedule(width: int, height: int, method: str = "sharp", steps: int = 28, mu: float = FLUX_SHIFT_MU,
+def rope_schedule(width: int, height: int, method: str = "sharp", steps: int = FLUX_STEPS, mu: float = FLUX_SHIFT_MU,
                   base_len: float = 64, theta: float = 10000.0, axis_dim: int = 56, **params) -> Schedule:
     """What `method` does at each step of an N-step Flux schedule for a width x height image."""
     rope.check_method(method)

@@ -6,8 +6,8 @@ reverted after; `APPLY_MODEL` wrappers are composable and called as
 `fn(executor, x, sigma, *args, **kwargs)` and must call `executor(...)`; OUTER_SAMPLE wrappers as
 `fn(executor, noise, latent_image, sampler, sigmas, ...)`.
 
-The stock embedder here is an independent re-derivation of ComfyUI's Flux `EmbedND` layout
-([B, 1, L, sum(axes)/2, 2, 2], blocks [[cos, -sin], [sin, cos]], angles in float64).
+The stock embedder is reference_rope's re-derivation of ComfyUI's Flux `EmbedND` (layout
+[B, 1, L, sum(axes)/2, 2, 2], blocks [[cos, -sin], [sin, cos]], angles in float64), its ids reference_rope's.
 """
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ import math
 
 import torch
 
+from reference_rope import flux_ids, stock_embed_nd
+
 APPLY_MODEL = "apply_model"
 OUTER_SAMPLE = "outer_sample"
-
-
-def stock_rope(pos: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
-    scale = torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    omega = 1.0 / (theta ** scale)
-    out = pos.to(torch.float64).unsqueeze(-1) * omega  # [B, L, dim/2]
-    blocks = torch.stack([torch.cos(out), -torch.sin(out), torch.sin(out), torch.cos(out)], dim=-1)
-    return blocks.reshape(*out.shape, 2, 2).float()
 
 
 class FakeEmbedND(torch.nn.Module):
@@ -39,18 +33,7 @@ class FakeEmbedND(torch.nn.Module):
         self.head_axis = head_axis
 
     def forward(self, ids):
-        emb = torch.cat([stock_rope(ids[..., i], self.axes_dim[i], self.theta) for i in range(ids.shape[-1])],
-                        dim=-3)
-        return emb.unsqueeze(self.head_axis)
-
-
-def image_ids(h_tokens: int, w_tokens: int, txt_tokens: int = 4, batch: int = 1) -> torch.Tensor:
-    """Flux ids: text tokens at 0, image tokens (index 0, row, column)."""
-    img = torch.zeros(h_tokens, w_tokens, 3)
-    img[..., 1] = torch.arange(h_tokens, dtype=torch.float32).unsqueeze(1)
-    img[..., 2] = torch.arange(w_tokens, dtype=torch.float32).unsqueeze(0)
-    ids = torch.cat([torch.zeros(txt_tokens, 3), img.reshape(-1, 3)], dim=0)
-    return ids.unsqueeze(0).repeat(batch, 1, 1)
+        return stock_embed_nd(ids, self.axes_dim, self.theta).squeeze(1).unsqueeze(self.head_axis)
 
 
 class Flux(torch.nn.Module):
@@ -63,7 +46,7 @@ class Flux(torch.nn.Module):
 
     def forward(self, x, timestep, **kwargs):
         h, w = x.shape[-2] // 2, x.shape[-1] // 2  # latent px -> tokens (2x2 patches)
-        return self.pe_embedder(image_ids(h, w, batch=x.shape[0]))
+        return self.pe_embedder(flux_ids(h, w, txt=4, batch=x.shape[0]))
 
 
 FakeFlux = Flux

@@ -1,7 +1,7 @@
 """Independent re-derivations used as test oracles (and as the benchmark's stock baseline).
 
-Written from the formulas in the SHARP issue and from ComfyUI's documented EmbedND layout, in numpy
-/ plain torch, without importing anything from `sharp`.
+Written from the SHARP paper's formulas (the method table in README.md) and from ComfyUI's documented
+EmbedND layout, in numpy / plain torch, without importing anything from `sharp`.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def stock_embed_nd(ids: torch.Tensor, axes_dim, theta: float) -> torch.Tensor:
     return torch.cat(per_axis, dim=-3).unsqueeze(1)
 
 
-# ---- the issue's formulas, in numpy ----------------------------------------------------------
+# ---- the method's formulas, in numpy ---------------------------------------------------------
 
 def np_base(D, theta):
     j = np.arange(D // 2, dtype=np.float64)
@@ -35,7 +35,7 @@ def np_base(D, theta):
 
 
 def np_blend_keep(r, D, theta, L0):
-    """keep_j for a (r_lo, r_hi) pair, straight from the issue text."""
+    """keep_j for a (r_lo, r_hi) pair, straight from the formula text."""
     def c(rr):
         if rr == 0:
             return float("inf")

@@ -89,7 +89,7 @@ def test_detected_and_base_bit_identical(H, built, name):
     patched = promote(H, model, f, method="base", family="auto")
     emb = patched.get_model_object(path(f))
     assert type(emb).__name__ == "RoPEEmbedder" and tuple(emb.axes_dim) == f.axes_dim and emb.theta == f.theta
-    assert emb.spatial_axes == f.spatial_axes and emb.extent_mode == f.extent_mode
+    assert emb.spatial_axes == f.spatial_axes
     ref = H.sample_family(name, model, ch, latent_hw(f, ABOVE), steps=3, seed=7)
     out = H.sample_family(name, patched, ch, latent_hw(f, ABOVE), steps=3, seed=7)
     assert torch.equal(ref, out)
@@ -121,7 +121,7 @@ def test_sharp_changes_only_spatial_axes_above_the_base_grid(H, built, name):
                 assert torch.equal(out[..., channels(f, axis), :, :], want[..., channels(f, axis), :, :]), axis
         changed += not torch.equal(out[..., channels(f, height), :, :], want[..., channels(f, height), :, :])
     assert changed > 0
-    assert emb.axis_scales(calls[0][0]) == pytest.approx({height: ABOVE[0] / BASE_TOKENS, width: ABOVE[1] / BASE_TOKENS})
+    assert emb.axis_scales() == pytest.approx({height: ABOVE[0] / BASE_TOKENS, width: ABOVE[1] / BASE_TOKENS})
 
     # within the base grid nothing changes: every embedder call and the sample itself are stock
     within = promote(H, model, f, method="sharp")
@@ -176,8 +176,8 @@ def test_kontext_uxo_reference_does_not_count(H, built):
                         disable_pbar=True, seed=0)
     ids = calls[0][0]
     own = ids[..., 0] == 0
-    assert float(ids[..., 1][own].max()) + 1 > ABOVE[0]  # the ids rule would count the reference
-    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+    assert float(ids[..., 1][own].max()) + 1 > ABOVE[0]  # an extent read from the ids would count the reference
+    assert emb.extents == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
 
 
 def _sample_with(H, patched, name, ch, hw, extra, seed=0):
@@ -209,7 +209,7 @@ def test_omnigen2_reference_images_and_caption_do_not_count(H, built):
     tokens = 8  # family_conditioning's caption
     assert ids.shape[1] == tokens + 16 * 14 + ABOVE[0] * ABOVE[1]  # caption + reference + image, one call
     assert float(ids[..., 1].max()) + 1 == 16 and float(ids[..., 2].max()) + 1 == 14  # the reference's grid
-    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+    assert emb.extents == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
     height, width = f.spatial_axes
     stock = model.get_model_object(path(f))
     for ids, o, _t in calls:  # every token of the one call: the width axis (below the base grid) is stock
@@ -230,8 +230,8 @@ def test_hidream_e1_image_cond_does_not_count(H, built):
     out = _sample_with(H, patched, "HiDream", ch, hw, {"concat_latent_image": cond})
     assert torch.isfinite(out).all() and tuple(out.shape[-2:]) == hw
     ids = calls[0][0]
-    assert float(ids[..., 2].max()) + 1 == 2 * ABOVE[1]  # the ids rule would see twice the width
-    assert emb.axis_extents(ids) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+    assert float(ids[..., 2].max()) + 1 == 2 * ABOVE[1]  # the ids span twice the width
+    assert emb.extents == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
 
 
 # --- the per-family workflows against a real server's /object_info -----------------------------------

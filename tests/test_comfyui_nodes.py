@@ -233,14 +233,13 @@ def test_kontext_reference_latent_not_counted(H, base_model):
     patched = promote(H, base_model, method="sharp")
     emb = patched.get_model_object(EMB)
     extents = []
-    orig = emb.axis_extents
+    orig = emb.forward
 
     def spy(ids):
-        out = orig(ids)
-        extents.append((tuple(ids.shape), out))
-        return out
+        extents.append((tuple(ids.shape), emb.extents))
+        return orig(ids)
 
-    emb.axis_extents = spy
+    emb.forward = spy
     latent = torch.zeros(1, 16, 64, 48)  # 32 x 24 tokens
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     ref_latent = torch.randn(1, 16, 96, 96, generator=torch.Generator().manual_seed(1))  # 48 x 48 tokens

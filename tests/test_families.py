@@ -20,15 +20,10 @@ def fake_model(class_name, attr, theta, axes_dim, txt_ids_dims=None, params=()):
     return type(class_name, (), {last: emb, "params": params})()
 
 
-def family(name):
-    return next(f for f in FAMILIES if f.name == name)
-
-
 def test_names_are_unique_and_rows_consistent():
     assert len({f.name for f in FAMILIES}) == len(FAMILIES)
     for f in FAMILIES:
         assert all(0 <= a < len(f.axes_dim) for a in f.spatial_axes) and len(f.spatial_axes) == 2
-        assert f.extent_mode in ("max", "span") and f.extent_source in ("ids", "latent")
         assert f.base_len == f.base_resolution / f.px_per_token
         assert f.source
 
@@ -168,10 +163,10 @@ def channel_ranges(f):
 
 
 def prepared(f, method, ids, h, w, t=0.6):
+    """The family's embedder at time t for an h x w token image, with the extents the promotion sets."""
     emb = families.build_embedder(f, method)
     emb.set_time(t)
-    if f.extent_source == "latent":
-        emb.set_extents(dict(zip(f.spatial_axes, (float(h), float(w)))))
+    emb.set_extents(f.latent_extents(h * f.px_per_token // f.latent_px, w * f.px_per_token // f.latent_px))
     return emb
 
 
@@ -194,7 +189,7 @@ def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
     out, want = emb(ids), stock(f, ids)
     assert out.shape == want.shape
     height, width = f.spatial_axes
-    assert emb.axis_scales(ids) == pytest.approx({height: h / f.base_len, width: w / f.base_len})
+    assert emb.axis_scales() == pytest.approx({height: h / f.base_len, width: w / f.base_len})
     assert not torch.equal(out[..., ch[height], :, :], want[..., ch[height], :, :])
     assert torch.equal(out[..., ch[width], :, :], want[..., ch[width], :, :])
     for a in range(len(f.axes_dim)):
@@ -210,7 +205,7 @@ def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
 def test_text_tokens_on_spatial_axes_get_the_promoted_rotation_of_their_position(name):
     # RoPE stays relative across text and image tokens: a text token at position p on a promoted axis
     # is rotated by the same promoted frequencies (and mscale) as an image token at p would be.
-    f = family(name)
+    f = families.family(name)
     h = w = int(f.base_len * 2)
     t = 0.6
     ids = family_ids(name, h, w, txt=6)
@@ -229,32 +224,24 @@ def test_text_tokens_on_spatial_axes_get_the_promoted_rotation_of_their_position
             np.testing.assert_allclose(out[i, channel_ranges(f)[axis]], want, atol=1e-6, rtol=0)
 
 
-def test_text_on_spatial_axes_does_not_change_the_extent_when_it_comes_from_the_latent():
-    f = family("Ovis-Image")
-    h, w = 80, 70
-    ids = family_ids(f.name, h, w, txt=300)  # text positions reach 299 on the spatial axes
-    emb = prepared(f, "sharp", ids, h, w)
-    assert emb.axis_scales(ids) == {1: h / 64, 2: w / 64}
-
-
 def test_latent_extents_follow_each_family_patchify():
-    assert family("Flux.1").latent_extents(255, 128, 8) == {1: 128.0, 2: 64.0}  # /8 latent, 2x2 patches, padded
-    assert family("HunyuanImage 2.1").latent_extents(64, 80, 32) == {0: 64.0, 1: 80.0}
-    assert family("Qwen-Image").base_len == 83.0
+    assert families.family("Flux.1").latent_extents(255, 128, 8) == {1: 128.0, 2: 64.0}  # /8 latent, 2x2 patches, padded
+    assert families.family("HunyuanImage 2.1").latent_extents(64, 80, 32) == {0: 64.0, 1: 80.0}
+    assert families.family("Qwen-Image").base_len == 83.0
 
 
 def test_latent_extents_per_family_latent_and_patch():
     # Flux.2: the /16 latent is already patchified (patch 1): one position per latent px
-    assert family("Flux.2").latent_extents(64, 48) == {1: 64.0, 2: 48.0}
+    assert families.family("Flux.2").latent_extents(64, 48) == {1: 64.0, 2: 48.0}
     # Chroma Radiance: called with the image itself, 16 px patches, padded up
-    assert family("Chroma Radiance").latent_extents(1030, 512) == {1: 65.0, 2: 32.0}
+    assert families.family("Chroma Radiance").latent_extents(1030, 512) == {1: 65.0, 2: 32.0}
     # Z-Image / Lumina 2: /8 latent, 2x2 patches on the padded latent
-    assert family("Z-Image").latent_extents(129, 64) == {1: 65.0, 2: 32.0}
+    assert families.family("Z-Image").latent_extents(129, 64) == {1: 65.0, 2: 32.0}
     # Qwen-Image is called with [B, C, T, H, W]
-    assert family("Qwen-Image").extents_from_x(torch.zeros(1, 16, 1, 166, 100)) == {1: 83.0, 2: 50.0}
-    assert family("HunyuanImage 2.1").extents_from_x(torch.zeros(1, 64, 64, 96)) == {0: 64.0, 1: 96.0}
+    assert families.family("Qwen-Image").extents_from_x(torch.zeros(1, 16, 1, 166, 100)) == {1: 83.0, 2: 50.0}
+    assert families.family("HunyuanImage 2.1").extents_from_x(torch.zeros(1, 64, 64, 96)) == {0: 64.0, 1: 96.0}
     with pytest.raises(ValueError, match="image latent"):
-        family("Flux.1").extents_from_x(torch.zeros(2, 16))
+        families.family("Flux.1").extents_from_x(torch.zeros(2, 16))
 
 
 def test_schedule_facts():
@@ -265,31 +252,14 @@ def test_schedule_facts():
     assert {f.name for f in FAMILIES if f.resolution_shift} == {"Flux.1", "Ovis-Image", "Chroma", "Chroma Radiance"}
 
 
-def test_kontext_uxo_reference_counts_in_ids_but_not_in_latent_extents():
-    # Flux Kontext ref_latents_method "uxo": reference tokens at image index 0, rows/cols offset past the
-    # image (comfy/ldm/flux/model.py), so the ids rule sees a larger image than the one generated
-    f = family("Flux.1")
-    h, w, rh, rw = 80, 70, 40, 40
-    ids = family_ids(f.name, h, w)
-    r, c = grid(rh, rw)
-    ref = torch.stack([torch.zeros(r.numel()), r + h, c + w], -1)[None]
-    ids = torch.cat([ids, ref], 1)
-    emb = families.build_embedder(f, "sharp")
-    assert emb.axis_extents(ids) == {1: h + rh, 2: w + rw}  # the library default (ids) counts the reference
-    emb.set_extents(f.latent_extents(2 * h, 2 * w))
-    assert emb.axis_extents(ids) == {1: h, 2: w}
-
-
 def test_hidream_row_layout_and_ids():
-    f = family("HiDream")
+    f = families.family("HiDream")
     assert detect_family(fake_model("HiDreamImageTransformer2DModel", "pe_embedder", 10000, [64, 32, 32])) is f
     assert (f.axes_dim, f.theta, f.base_len, f.latent_px, f.flux_shift) == ((64, 32, 32), 10000.0, 64.0, 8, None)
     h, w, txt = 96, 40, 7
     ids = family_ids(f.name, h, w, txt)
-    out = families.build_embedder(f, "sharp")(ids)  # extents from the ids: the text zeros do not count
+    out = prepared(f, "sharp", ids, h, w, t=1.0)(ids)
     assert out.shape == (1, h * w + txt, 1, sum(f.axes_dim) // 2, 2, 2)  # HiDream's [B, L, 1, ...]
-    emb = families.build_embedder(f, "sharp")
-    assert emb.axis_extents(ids) == {1: float(h), 2: float(w)}
     # the text tokens sit at position 0 on every axis: the identity rotation, scaled by mscale on the
     # promoted height axis only (mscale is 1 on the unpromoted width axis and on the index axis)
     ch = channel_ranges(f)
@@ -298,15 +268,10 @@ def test_hidream_row_layout_and_ids():
     assert torch.equal(text[:, ch[0]], eye) and torch.equal(text[:, ch[2]], torch.eye(2).expand_as(text[:, ch[2]]))
     m = np_mscale(h / 64, "sharp")
     assert m > 1 and torch.allclose(text[:, ch[1]], m * torch.eye(2).expand_as(text[:, ch[1]]), atol=1e-6)
-    # HiDream-E1: the reference latent is concatenated along the width, so the ids span 2w columns; the
-    # promotion's extents come from the generated latent (/8 latent, 2x2 patches)
-    e1 = family_ids(f.name, h, 2 * w, txt)
-    emb.set_extents(f.latent_extents(2 * h, 2 * w))
-    assert emb.axis_extents(e1) == {1: float(h), 2: float(w)}
 
 
-def test_omnigen2_inner_embedder_is_found_and_text_does_not_count():
-    f = family("OmniGen2")
+def test_omnigen2_inner_embedder_is_found():
+    f = families.family("OmniGen2")
     model = fake_model("OmniGen2Transformer2DModel", "rope_embedder.rope_embedder", 10000, [40, 40, 40])
     assert detect_family(model) is f
     attr, emb = families.find_embedder(model)
@@ -314,14 +279,6 @@ def test_omnigen2_inner_embedder_is_found_and_text_does_not_count():
     # Lumina 2 (NextDiT) keeps its EmbedND at rope_embedder itself: still found there
     lumina = fake_model("NextDiT", "rope_embedder", 10000.0, (32, 32, 32))
     assert families.find_embedder(lumina)[0] == "rope_embedder" and detect_family(lumina).name == "Lumina 2"
-    # a longer caption than the image: its (k, k, k) ids reach past the image on both spatial axes, and the
-    # image sits at index cap_len (not 0), so neither the ids rule nor an index axis gives the image size
-    h, w, txt = 50, 40, 120
-    ids = family_ids(f.name, h, w, txt)
-    emb = families.build_embedder(f, "sharp")
-    assert emb.axis_extents(ids) == {1: float(txt), 2: float(txt)}
-    emb.set_extents(f.latent_extents(2 * h, 2 * w))  # what the promotion does each call
-    assert emb.axis_extents(ids) == {1: float(h), 2: float(w)}
     assert (f.axes_dim, f.theta, f.base_len, f.latent_px, f.flux_shift, f.head_axis) == ((40, 40, 40), 10000.0,
                                                                                           64.0, 8, None, 1)
 

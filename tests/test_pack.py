@@ -298,3 +298,32 @@ def test_checker_catches_broken_workflow(object_info):
     assert any("widget values" in p for p in problems)
     assert any("typed LATENT" in p for p in problems)
     assert any("missing node" in p for p in problems)
+
+
+def test_promotion_text_names_every_family_and_the_defaults(nodes):
+    """The node's description and tooltips are built from the family table and RoPEParams(), the help page
+    is checked against them: a family row (or a default) the text does not name fails here."""
+    from sharp import families, rope
+
+    schema = nodes["SHARPResolutionPromotion"].define_schema()
+    tips = {i.id: i.tooltip for i in schema.inputs}
+    page = open(os.path.join(ROOT, "web", "docs", "SHARPResolutionPromotion.md"), encoding="utf-8").read()
+    texts = {"description": schema.description, "model tooltip": tips["model"], "help page": page,
+             "base_resolution tooltip": tips["base_resolution"], "noise_shift tooltip": tips["noise_shift"]}
+    for f in families.FAMILIES:
+        for where, text in texts.items():
+            assert f.name in text, f"the {where} of SHARP Resolution Promotion does not name {f.name}"
+    # each family under its own base resolution ("A, B and C: 1024; D: 1328")
+    inner = tips["base_resolution"].split("own (", 1)[1].split(")", 1)[0]
+    bases = {name: int(value) for group in inner.split("; ") for names, value in [group.rsplit(": ", 1)]
+             for name in names.replace(" and ", ", ").split(", ")}
+    assert bases == {f.name: f.base_resolution for f in families.FAMILIES}
+    d = rope.RoPEParams()
+    defaults = {i.id: i.default for i in schema.inputs if i.id in ("alpha_s", "beta_lo", "beta_hi", "gamma_lo",
+                                                                   "gamma_hi", "mscale")}
+    assert defaults == dict(alpha_s=d.alpha_s, beta_lo=d.beta[0], beta_hi=d.beta[1], gamma_lo=d.gamma[0],
+                            gamma_hi=d.gamma[1], mscale=d.mscale)
+    for said in (f"{d.beta[0]:g} / {d.beta[1]:g}", f"{d.gamma[0]:g} / {d.gamma[1]:g}", f"1 + {d.mscale_coeff:g} ln s",
+                 f"{d.alpha_s:g} is the paper's value"):
+        assert said in page, f"the help page does not say {said!r}"
+    assert [i.options for i in schema.inputs if i.id == "method"] == [list(rope.METHODS)]

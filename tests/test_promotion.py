@@ -10,6 +10,7 @@ import comfy_fake as cf
 import sharp
 from sharp import families
 from sharp import promotion as P
+from reference_rope import flux_ids
 from test_families import family_ids
 
 
@@ -169,12 +170,12 @@ def test_reshift_sigmas_keeps_underlying_time():
 
 
 def test_normalised_time_checks():
-    assert P.normalised_time(torch.tensor([0.3, 0.3]), torch.tensor(0.6)) == pytest.approx(0.5)
-    assert P.normalised_time(2.0, 1.0) == 1.0
+    assert sharp.rope.normalised_time(torch.tensor([0.3, 0.3]), torch.tensor(0.6)) == pytest.approx(0.5)
+    assert sharp.rope.normalised_time(2.0, 1.0) == 1.0
     with pytest.raises(ValueError, match="finite"):
-        P.normalised_time(float("nan"), 1.0)
+        sharp.rope.normalised_time(float("nan"), 1.0)
     with pytest.raises(ValueError, match="sigma_max"):
-        P.normalised_time(0.5, 0.0)
+        sharp.rope.normalised_time(0.5, 0.0)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -188,7 +189,7 @@ def test_bad_settings_clear_errors(kw, match):
 
 
 def test_method_choices_cover_core_methods():
-    assert set(P.METHOD_CHOICES) == set(sharp.rope.METHODS) and P.METHOD_CHOICES[0] == "sharp"
+    assert sharp.rope.METHODS[0] == "sharp"  # the default, first in the node lists
 
 
 def family_patcher(name, txt=5):
@@ -224,7 +225,7 @@ def test_each_family_detected_and_its_own_embedder_patched(f):
     ref = model.sample(latent, cf.flux_sigmas(2))
     out = patched.sample(latent, cf.flux_sigmas(2))
     s_h, s_w = (round(f.base_len * s) / f.base_len for s in (1.25, 0.5))
-    assert emb.axis_scales(torch.zeros(1, 1, len(f.axes_dim))) == pytest.approx(
+    assert emb.axis_scales() == pytest.approx(
         dict(zip(f.spatial_axes, (s_h, s_w))))  # set from the latent by the wrapper, not from the ids
     # only the height axis (above the base grid) changed; every other channel is stock
     ch, start = {}, 0
@@ -280,7 +281,7 @@ def test_omnigen2_inner_embedder_patched_and_long_captions_do_not_count():
     emb = patched.get_model_object("diffusion_model.rope_embedder.rope_embedder")
     assert isinstance(emb, sharp.RoPEEmbedder)
     out = patched.sample(torch.zeros(1, 16, 160, 112), cf.flux_sigmas(1))  # 80 x 56 positions
-    assert emb.axis_scales(torch.zeros(1, 1, 3)) == {1: 80 / 64, 2: 56 / 64}
+    assert emb.axis_scales() == {1: 80 / 64, 2: 56 / 64}
     assert out[0].shape[1] == 200 + 80 * 56 and out[0].shape[2] == 1  # the wrapper's movedim(1, 2) still runs
     assert dit.rope_embedder is wrapper and dit.rope_embedder.rope_embedder is stock  # reverted
     again = promote(patched, noise_shift="keep", method="yarn")  # re-promotion finds our embedder there
@@ -293,24 +294,24 @@ def test_latent_extents_ignore_text_on_spatial_axes():
     patched = promote(model, noise_shift="keep", base_resolution=0)
     emb = patched.get_model_object(P.EMBEDDER_PATH)
     patched.sample(torch.zeros(1, 16, 160, 140), cf.flux_sigmas(1))
-    assert emb.axis_scales(torch.zeros(1, 1, 3)) == {1: 80 / 64, 2: 70 / 64}
+    assert emb.axis_scales() == {1: 80 / 64, 2: 70 / 64}
 
 
 def test_kontext_uxo_reference_does_not_enlarge_the_extent():
     # Flux Kontext ref_latents_method "uxo" (comfy/ldm/flux/model.py): reference tokens at index 0, offset
     # past the image on both axes. With extents from the latent the image tokens' rotations are the same
-    # as without the reference; with the ids rule (library default) they would be promoted further.
+    # as without the reference (an extent read from the ids would promote them further).
     h, w, rh, rw = 40, 36, 24, 24
 
     def ids_with_ref(hh, ww):
-        ids = cf.image_ids(hh, ww)
-        ref = cf.image_ids(rh, rw, txt_tokens=0)
+        ids = flux_ids(hh, ww, txt=4)
+        ref = flux_ids(rh, rw, txt=0)
         ref[..., 1] += hh
         ref[..., 2] += ww
         return torch.cat([ids, ref], 1)
 
     plain = cf.FakeModelPatcher(cf.FakeBaseModel(cf.family_dit("Flux", "pe_embedder", 10000, (16, 56, 56),
-                                                               lambda a, b: cf.image_ids(a, b), 2), cf.ModelSamplingFlux()))
+                                                               lambda a, b: flux_ids(a, b, txt=4), 2), cf.ModelSamplingFlux()))
     uxo = cf.FakeModelPatcher(cf.FakeBaseModel(cf.family_dit("Flux", "pe_embedder", 10000, (16, 56, 56),
                                                              ids_with_ref, 2), cf.ModelSamplingFlux()))
     latent, sigmas = torch.zeros(1, 16, 2 * h, 2 * w), cf.flux_sigmas(2)
@@ -318,8 +319,6 @@ def test_kontext_uxo_reference_does_not_enlarge_the_extent():
     want = promote(plain, noise_shift="keep").sample(latent, sigmas)
     got = promote(uxo, noise_shift="keep").sample(latent, sigmas)
     assert all(torch.equal(a, b[:, :, :n]) for a, b in zip(want, got))
-    by_ids = promote(uxo, noise_shift="keep", extents_from_latent=False).sample(latent, sigmas)
-    assert not torch.equal(want[0], by_ids[0][:, :, :n])
 
 
 def test_noise_shift_per_family():
@@ -377,7 +376,7 @@ def test_step_time_deep_copy_owns_its_embedder():
     assert twin is not step and twin.embedder is not emb and twin.family == f
     twin.embedder.set_time(0.25)
     twin.embedder.set_extents({1: 90.0, 2: 70.0})
-    assert emb.t == 1.0 and emb._extents is None
+    assert emb.t == 1.0 and emb.extents is None
 
 
 class _Clone:

@@ -13,6 +13,13 @@ TIMES = (1.0, 0.9, 0.5, 0.1, 0.01, 0.0)
 FLUX_AXES = (16, 56, 56)
 
 
+def flux_embedder(hw, *args, **kw):
+    """A Flux RoPEEmbedder for an image of hw = (rows, cols) tokens (its extents, as the promotion sets them)."""
+    emb = sharp.RoPEEmbedder(*args, **kw)
+    emb.set_extents(dict(zip(emb.spatial_axes, hw)))
+    return emb
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("t", TIMES)
 @pytest.mark.parametrize("extent", (48, 64, 80, 100, 128, 200, 256))
@@ -40,7 +47,7 @@ def test_axis_frequencies_custom_constants(method):
 @pytest.mark.parametrize("hw", [(48, 48), (64, 64), (128, 128), (160, 235), (256, 100), (90, 256)])
 def test_embedder_matches_per_token_reference(method, t, hw):
     ids = flux_ids(*hw, txt=4, batch=2)
-    emb = sharp.RoPEEmbedder(10000.0, FLUX_AXES, method=method, base_len=64)
+    emb = flux_embedder(hw, 10000.0, FLUX_AXES, method=method, base_len=64)
     emb.set_time(t)
     out = emb(ids)
     assert out.shape == (2, 1, ids.shape[1], sum(FLUX_AXES) // 2, 2, 2)
@@ -56,7 +63,7 @@ def test_embedder_matches_per_token_reference(method, t, hw):
 @pytest.mark.parametrize("hw", [(32, 32), (64, 64), (128, 96), (235, 160)])
 def test_base_is_stock_flux_rope_bit_for_bit(hw):
     ids = flux_ids(*hw, txt=16, batch=2)
-    emb = sharp.RoPEEmbedder(10000.0, FLUX_AXES, method="base")
+    emb = flux_embedder(hw, 10000.0, FLUX_AXES, method="base")
     for t in (1.0, 0.3):
         emb.set_time(t)
         assert torch.equal(emb(ids), stock_embed_nd(ids, FLUX_AXES, 10000.0))
@@ -68,7 +75,7 @@ def test_base_bit_for_bit_with_reference_images_and_fractional_positions():
     gen[..., 1:] *= 0.75
     ref = flux_ids(20, 20, txt=0, index=1, h_offset=40, w_offset=30)
     ids = torch.cat([gen, ref], dim=1)
-    emb = sharp.RoPEEmbedder(10000.0, FLUX_AXES, method="base")
+    emb = flux_embedder((40, 30), 10000.0, FLUX_AXES, method="base")
     assert torch.equal(emb(ids), stock_embed_nd(ids, FLUX_AXES, 10000.0))
 
 
@@ -76,7 +83,7 @@ def test_base_bit_for_bit_with_reference_images_and_fractional_positions():
 @pytest.mark.parametrize("hw", [(64, 64), (32, 64), (48, 20)])
 def test_scale_at_most_one_is_identity(method, hw):
     ids = flux_ids(*hw, txt=8)
-    emb = sharp.RoPEEmbedder(10000.0, FLUX_AXES, method=method)
+    emb = flux_embedder(hw, 10000.0, FLUX_AXES, method=method)
     for t in TIMES:
         emb.set_time(t)
         assert torch.equal(emb(ids), stock_embed_nd(ids, FLUX_AXES, 10000.0))
@@ -85,7 +92,7 @@ def test_scale_at_most_one_is_identity(method, hw):
 def test_only_promoted_axis_changes_on_rectangles():
     # 128 rows (s = 2), 64 columns (s = 1): the column axis must stay stock.
     ids = flux_ids(128, 64, txt=8)
-    out = sharp.RoPEEmbedder(method="sharp")(ids)
+    out = flux_embedder((128, 64), method="sharp")(ids)
     stock = stock_embed_nd(ids, FLUX_AXES, 10000.0)
     col = slice(8 + 28, 8 + 56)
     row = slice(8, 8 + 28)
@@ -96,9 +103,9 @@ def test_only_promoted_axis_changes_on_rectangles():
 
 def test_sharp_at_t1_equals_yarn():
     ids = flux_ids(160, 235, txt=8)
-    sharp_emb = sharp.RoPEEmbedder(method="sharp")
+    sharp_emb = flux_embedder((160, 235), method="sharp")
     sharp_emb.set_time(1.0)
-    yarn_emb = sharp.RoPEEmbedder(method="yarn")
+    yarn_emb = flux_embedder((160, 235), method="yarn")
     assert torch.equal(sharp_emb(ids), yarn_emb(ids))
     for s in (1.5, 2.0, 4.0, 16.0):
         assert torch.equal(axis_frequencies(56, 1e4, s, 1.0, "sharp"), axis_frequencies(56, 1e4, s, 0.7, "yarn"))
@@ -138,44 +145,35 @@ def test_sharp_promotion_relaxes_monotonically_in_t():
 @pytest.mark.parametrize("method", METHODS)
 def test_mscale_only_where_the_method_applies_it(method):
     ids = flux_ids(128, 128, txt=4)
-    out = sharp.RoPEEmbedder(method=method)(ids)
+    out = flux_embedder((128, 128), method=method)(ids)
     det = torch.linalg.det(out[0, 0].double())  # [L, 64]: mscale^2 per block
     m = 1 + 0.1 * math.log(2.0) if method in ("yarn", "dype", "sharp") else 1.0
     torch.testing.assert_close(det[:, 8:], torch.full_like(det[:, 8:], m * m), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(det[:, :8], torch.ones_like(det[:, :8]), rtol=1e-6, atol=1e-6)
-    no_m = sharp.RoPEEmbedder(method=method, mscale=False)(ids)
+    no_m = flux_embedder((128, 128), method=method, mscale=False)(ids)
     det = torch.linalg.det(no_m[0, 0].double())
     torch.testing.assert_close(det, torch.ones_like(det), rtol=1e-6, atol=1e-6)
 
 
-def test_reference_tokens_do_not_count_toward_extent():
+def test_reference_tokens_leave_the_image_tokens_alone():
     gen = flux_ids(96, 96, txt=8)
-    ref = flux_ids(64, 64, txt=0, index=1, h_offset=96, w_offset=96)  # would push max to 160
-    emb = sharp.RoPEEmbedder()
-    assert emb.axis_scales(torch.cat([gen, ref], 1)) == {1: 1.5, 2: 1.5}
+    ref = flux_ids(64, 64, txt=0, index=1, h_offset=96, w_offset=96)  # past the image: positions up to 160
+    emb = flux_embedder((96, 96))
+    assert emb.axis_scales() == {1: 1.5, 2: 1.5}
     both = emb(torch.cat([gen, ref], 1))
     alone = emb(gen)
     assert torch.equal(both[:, :, : gen.shape[1]], alone)
 
 
 def test_base_resolution_and_per_axis_base_len():
-    ids = flux_ids(128, 128, txt=4)
-    emb = sharp.RoPEEmbedder(base_len=(64, 128))
-    assert emb.axis_scales(ids) == {1: 2.0, 2: 1.0}
+    emb = flux_embedder((128, 128), base_len=(64, 128))
+    assert emb.axis_scales() == {1: 2.0, 2: 1.0}
     assert sharp.rope.base_len_from_resolution(1328) == 83.0
-
-
-def test_span_extent_for_centred_positions():
-    ids = flux_ids(128, 64, txt=0)
-    ids[..., 1] -= 64
-    ids[..., 2] -= 32
-    emb = sharp.RoPEEmbedder(extent_mode="span")
-    assert emb.axis_scales(ids) == {1: 2.0, 2: 1.0}
 
 
 def test_time_outside_unit_interval_is_clamped():
     ids = flux_ids(128, 128)
-    emb = sharp.RoPEEmbedder()
+    emb = flux_embedder((128, 128))
     emb.set_time(1.7)
     high = emb(ids).clone()
     emb.set_time(1.0)
@@ -186,9 +184,9 @@ def test_time_outside_unit_interval_is_clamped():
     assert torch.equal(emb(ids), low)
 
 
-def test_cache_reuses_within_a_step_and_refreshes_on_new_time_or_ids():
+def test_cache_reuses_within_a_step_and_refreshes_on_new_time_ids_or_extents():
     ids = flux_ids(128, 128, txt=8)
-    emb = sharp.RoPEEmbedder()
+    emb = flux_embedder((128, 128))
     computed = []
     embed = emb._embed
     emb._embed = lambda i: computed.append(i.shape) or embed(i)
@@ -209,8 +207,10 @@ def test_cache_reuses_within_a_step_and_refreshes_on_new_time_or_ids():
     ids_mut = ids.clone()
     emb(ids_mut)
     ids_mut[0, -1, 1] += 50  # caller edits ids in place: must not serve the stale entry
-    assert emb.axis_scales(ids_mut)[1] > 2.0
     assert not torch.equal(emb(ids_mut), second)
+    emb.set_extents({1: 160, 2: 128})  # a new image size: recomputed, not served from the cache
+    third = emb(ids)
+    assert len(computed) == 5 and not torch.equal(third, second)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -219,7 +219,7 @@ def test_large_extents_stay_finite(method):
         for t in TIMES:
             f = axis_frequencies(56, 10000.0, L / 64, t, method)
             assert torch.isfinite(f).all() and (f > 0).all()
-    emb = sharp.RoPEEmbedder(method=method)
+    emb = flux_embedder((1024, 1024), method=method)
     emb.set_time(0.5)
     ids = torch.zeros(1, 3, 3)
     ids[0, :, 1] = torch.tensor([0.0, 512.0, 1023.0])
@@ -228,7 +228,7 @@ def test_large_extents_stay_finite(method):
 
 
 def test_bad_inputs_have_clear_errors():
-    with pytest.raises(ValueError, match="valid methods are: base, pi, ntk, yarn, dy-ntk, dype, sharp"):
+    with pytest.raises(ValueError, match="valid methods are: sharp, dype, yarn, dy-ntk, ntk, pi, base"):
         axis_frequencies(56, 1e4, 2.0, 0.5, method="linear")
     with pytest.raises(ValueError, match="valid methods"):
         sharp.RoPEEmbedder(method="Sharp")
@@ -242,6 +242,8 @@ def test_bad_inputs_have_clear_errors():
         with pytest.raises(ValueError, match="finite"):
             sharp.RoPEEmbedder().set_time(t)
     emb = sharp.RoPEEmbedder()
+    with pytest.raises(ValueError, match=r"no extents: call set_extents"):
+        emb(flux_ids(8, 8))
     with pytest.raises(ValueError, match="rank 3"):
         emb(torch.zeros(10, 3))
     with pytest.raises(ValueError, match="axes"):
@@ -278,25 +280,23 @@ def test_peak_memory_tracker_sees_allocations():
     assert m.current_bytes == c.untyped_storage().nbytes()
 
 
-def test_index_axis_none_counts_every_token_and_extents_can_be_fixed():
+def test_extents_are_set_per_spatial_axis():
     ids = flux_ids(128, 64, txt=4)[..., 1:]  # two axes, no image index (HunyuanImage 2.1 style)
-    emb = sharp.RoPEEmbedder(256.0, (64, 64), spatial_axes=(0, 1), index_axis=None)
-    assert emb.axis_scales(ids) == {0: 2.0, 1: 1.0}
-    emb.set_extents({0: 64, 1: 256})
-    assert emb.axis_scales(ids) == {0: 1.0, 1: 4.0}
+    emb = sharp.RoPEEmbedder(256.0, (64, 64), spatial_axes=(0, 1))
+    assert emb.extents is None
+    emb.set_extents({0: 64, 1: 256})  # whatever the ids span: the extents are what they are set to
+    assert emb.axis_scales() == {0: 1.0, 1: 4.0} and emb.extents == {0: 64.0, 1: 256.0}
     fixed = emb(ids)
     assert not torch.equal(fixed[..., 32:, :, :], stock_embed_nd(ids, (64, 64), 256.0)[..., 32:, :, :])
     assert torch.equal(fixed[..., :32, :, :], stock_embed_nd(ids, (64, 64), 256.0)[..., :32, :, :])
-    emb.set_extents(None)
-    assert emb.axis_scales(ids) == {0: 2.0, 1: 1.0}
     with pytest.raises(ValueError, match="each spatial axis"):
         emb.set_extents({0: 64})
 
 
 def test_head_axis_two_gives_the_hidream_layout():
     ids = flux_ids(96, 80, txt=4)
-    flux = sharp.RoPEEmbedder(method="sharp")(ids)
-    hidream = sharp.RoPEEmbedder(method="sharp", head_axis=2)(ids)
+    flux = flux_embedder((96, 80), method="sharp")(ids)
+    hidream = flux_embedder((96, 80), method="sharp", head_axis=2)(ids)
     assert hidream.shape == (1, ids.shape[1], 1, 64, 2, 2)
     assert torch.equal(hidream, flux.transpose(1, 2))
     with pytest.raises(ValueError, match="head_axis"):

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 import workflow_check as W  # noqa: E402  (the drawn-size rules the checks use)
-from sharp import families, schedule  # noqa: E402
+from sharp import families, rope, schedule  # noqa: E402
 
 UI_DIR, API_DIR = W.UI_DIR, W.API_DIR
 NOTE_W = 460
@@ -67,6 +67,14 @@ WIDGETS = {
     "ImageStitch": ["direction", "match_image_size", "spacing_width", "spacing_color"],
     "SHARPSpectrumAnalysis": ["labels", "cutoff"],
 }  # None: a UI-only value (the seed's "control after generate")
+DEFAULT = rope.RoPEParams()
+
+
+def promotion_widgets(method: str = rope.METHODS[0]) -> list:
+    """The promotion node's widget values: the method, the family's base (0) and the authors' constants."""
+    return [method, 0, DEFAULT.alpha_s, "sharp", *DEFAULT.beta, *DEFAULT.gamma, DEFAULT.mscale, "auto"]
+
+
 TITLES = {"SHARPLoadRSFlux": "Load RS-FLUX (diffusers folder)", "SHARPResolutionPromotion": "SHARP Resolution Promotion",
           "SHARPFluxSigmas": "SHARP Flux Sigmas (diffusers)", "SHARPSchedulePreview": "SHARP Schedule Preview",
           "SHARPSpectrumAnalysis": "Spectrum Analysis"}
@@ -196,12 +204,13 @@ def rsflux_single(width: int, height: int) -> Graph:
     ld, fg, noise, smp, sig = _rsflux_front(g, {"loader": (1, 0), "prompt": (1, 1), "guidance": (1, 2),
                                                 "noise": (3, 0), "sampler": (3, 1), "sigmas": (3, 2)})
     g.nodes[sig - 1]["widgets_values"][3:5] = [width, height]
-    sh = g.add("SHARPResolutionPromotion", ["sharp", 0, 4.0, "sharp", 1.25, 0.75, 16.0, 2.0, True, "auto"], (2, 0))
+    sh = g.add("SHARPResolutionPromotion", promotion_widgets(), (2, 0))
     g.link(ld, 0, sh, "model")
     lat = g.add("EmptySD3LatentImage", [width, height, 1], (2, 2))
     _sample(g, sh, fg, noise, smp, sig, lat, ld, f"SHARP/rsflux_{width}x{height}",
             {"guider": (2, 1), "sca": (4, 0), "decode": (4, 1), "save": (5, 0, 3)}, save_size=(480, 520))
-    prev = g.add("SHARPSchedulePreview", [width, height, "sharp", 28, 0, 4.0], (1, 3))
+    prev = g.add("SHARPSchedulePreview", [width, height, rope.METHODS[0], schedule.FLUX_STEPS, 0, DEFAULT.alpha_s],
+                 (1, 3))
     show = g.add("PreviewImage", [], (2, 3), size=(560, 380))
     g.link(prev, 0, show, "images")
     return g
@@ -214,7 +223,7 @@ def multiscale_sweep() -> Graph:
     g = Graph()
     ld, fg, noise, smp, sig = _rsflux_front(g, {"loader": (1, 0), "prompt": (1, 1), "guidance": (1, 2),
                                                 "noise": (1, 3), "sampler": (2, 3), "sigmas": (3, 3)})
-    sh = g.add("SHARPResolutionPromotion", ["sharp", 0, 4.0, "sharp", 1.25, 0.75, 16.0, 2.0, True, "auto"], (2, 0))
+    sh = g.add("SHARPResolutionPromotion", promotion_widgets(), (2, 0))
     g.link(ld, 0, sh, "model")
     guider = g.add("BasicGuider", [], (2, 1))
     g.link(sh, 0, guider, "model")
@@ -236,7 +245,7 @@ def method_comparison() -> Graph:
     lat = g.add("EmptySD3LatentImage", [2048, 2048, 1], (1, 3))
     decoded = []
     for row, method in enumerate(METHODS):
-        sh = g.add("SHARPResolutionPromotion", [method, 0, 4.0, "sharp", 1.25, 0.75, 16.0, 2.0, True, "auto"], (2, row))
+        sh = g.add("SHARPResolutionPromotion", promotion_widgets(method), (2, row))
         g.link(ld, 0, sh, "model")
         decoded.append(_sample(g, sh, fg, noise, smp, sig, lat, ld, None,
                                {"guider": (3, row), "sca": (4, row), "decode": (5, row)}))

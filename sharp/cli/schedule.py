@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from sharp import rope
-from sharp.schedule import FLUX_SHIFT_MU, rope_schedule
+from sharp import families, rope
+from sharp.schedule import FLUX_SHIFT_MU, FLUX_STEPS, rope_schedule
+
+FLUX = families.family("Flux.1")
+ALPHA_S = rope.RoPEParams().alpha_s
 
 
 def register(sub) -> None:
@@ -14,12 +17,15 @@ def register(sub) -> None:
                                    "f_j / base_j over the steps.")
     p.add_argument("--width", type=int, required=True, help="image width in pixels")
     p.add_argument("--height", type=int, required=True, help="image height in pixels")
-    p.add_argument("--method", default="sharp", choices=rope.METHODS, help="RoPE method (default: sharp)")
-    p.add_argument("--steps", type=int, default=28, help="sampling steps (default: 28)")
+    p.add_argument("--method", default=rope.METHODS[0], choices=rope.METHODS,
+                   help=f"RoPE method (default: {rope.METHODS[0]})")
+    p.add_argument("--steps", type=int, default=FLUX_STEPS, help=f"sampling steps (default: {FLUX_STEPS})")
     p.add_argument("--mu", type=float, default=FLUX_SHIFT_MU, help=f"Flux noise shift (default: {FLUX_SHIFT_MU})")
-    p.add_argument("--base-resolution", type=int, default=1024,
-                   help="training resolution in pixels; L0 = base / 16 (default: 1024)")
-    p.add_argument("--alpha-s", type=float, default=4.0, help="SHARP decay strength alpha_s (default: 4)")
+    p.add_argument("--base-resolution", type=int, default=FLUX.base_resolution,
+                   help=f"training resolution in pixels; L0 = base / {FLUX.px_per_token} "
+                        f"(default: {FLUX.base_resolution})")
+    p.add_argument("--alpha-s", type=float, default=ALPHA_S,
+                   help=f"SHARP decay strength alpha_s (default: {ALPHA_S:g})")
     p.add_argument("--plot", metavar="OUT.png", help="write the heatmap figure here")
     p.set_defaults(func=run)
 
@@ -28,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if args.width < 16 or args.height < 16:
         raise ValueError(f"width and height must be at least 16 px, got {args.width}x{args.height}")
     sched = rope_schedule(args.width, args.height, args.method, args.steps, args.mu,
-                          base_len=rope.base_len_from_resolution(args.base_resolution), alpha_s=args.alpha_s)
+                          base_len=rope.base_len_from_resolution(args.base_resolution, FLUX.px_per_token),
+                          alpha_s=args.alpha_s)
     print(f"{args.method} at {args.width}x{args.height} px, base {args.base_resolution} px, "
           f"{args.steps} steps, mu {args.mu}")
     for axis in sched.axes:
