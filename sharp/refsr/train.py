@@ -145,7 +145,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
           log: Callable[[str], None] = print, progress: bool = True,
           fit_transfer: bool = True, ref_as_target: bool = False, t0_prob: float = 0.0,
-          precision: str = "fp32", vae: Optional[LatentCodec] = None) -> dict:
+          precision: str = "fp32", vae: Optional[LatentCodec] = None,
+          wrong_ref_prob: float = 0.0, plw_weight: float = 0.0) -> dict:
     """Train DS-DiT on RRSSRD-style folders; returns the final info dict.
 
     device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved).
@@ -183,6 +184,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         "crop": crop, "lr": lr, "ref_drop": ref_drop, "synthetic_ref_prob": synthetic_ref_prob,
         "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None,
         "ref_as_target": ref_as_target, "t0_prob": t0_prob}}
+    if wrong_ref_prob or plw_weight:    # recorded only when used: older state files resume
+        info["args"].update(wrong_ref_prob=wrong_ref_prob, plw_weight=plw_weight)
     if resume and Path(str(out) + ".state.json").is_file():
         prev = _load_state(out, model, ema, opt, generator)
         if prev["args"]["config"] != cfg.to_json():
@@ -191,7 +194,8 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         info.update(step=prev["step"], history=prev["history"])
         log(f"resumed from step {info['step']}")
     dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob,
-                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target)
+                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target,
+                           wrong_ref_prob=wrong_ref_prob)
     if not dist.main:
         log = _quiet
     log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} "
@@ -239,7 +243,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
             x1 = space.target(space.encode(b["hr"]), up_z)
         with autocast:
             loss = flow_loss(net, x1, up_z, ref_z, ref_on[part].to(device), ref_conf=b["conf"],
-                             noise=(x0[part], t[part]))
+                             noise=(x0[part], t[part]), wrong=b["wrong"], plw_weight=plw_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
