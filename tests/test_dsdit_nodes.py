@@ -155,7 +155,7 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
 
 
 def test_path_outside_model_folders_needs_opt_in(nodes, fresh_fakes, tmp_path, monkeypatch):
-    """Issue 16: `path` reads only inside the dsdit model folders unless SHARP_ALLOW_ANY_PATH=1; the refusal is
+    """`path` reads only inside the dsdit model folders unless SHARP_ALLOW_ANY_PATH=1; the refusal is
     the same whether the file exists, is a DS-DiT checkpoint or not (no existence oracle, no metadata echoed)."""
     from safetensors.torch import save_file
 
@@ -256,7 +256,7 @@ def test_sr_guidance_and_temperature_reach_the_sampler(nodes, tiny_model, fresh_
 
 
 def test_sr_interrupt(nodes, tiny_model, fresh_fakes):
-    """Interruption is checked inside every long stage (issue 16), not only between sampling steps: with a
+    """Interruption is checked inside every long stage (a cancel must not wait for the alignment), not only between sampling steps: with a
     local-alignment checkpoint the block matching checks once per displacement, before any tile."""
     from refsr.refsr_helpers import TINY_MATCH
 
