@@ -32,12 +32,6 @@ def register(subparsers) -> None:
                         "degradation, Ref: the HR of the same place)")
     p.add_argument("--t0-prob", type=float, default=0.0,
                    help="share of training samples at t = 0 (trains the one-step estimate)")
-    p.add_argument("--wrong-ref", type=float, default=0.0,
-                   help="share of crops given another place's Ref (negatives: the network learns "
-                        "to fall back to the LR where the Ref does not match)")
-    p.add_argument("--plw-loss", type=float, default=0.0,
-                   help="weight of the loss pushing the PLW weight to the LR branch (w = 1) on "
-                        "crops with another place's Ref (--wrong-ref)")
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop (and save) after this")
@@ -91,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
                  save_every=args.save_every, max_minutes=args.max_minutes, seed=args.seed,
                  resume=not args.no_resume, device=args.device,
                  fit_transfer=not args.no_fit_transfer, ref_as_target=args.ref_as_target,
-                 t0_prob=args.t0_prob, precision=args.precision, vae=vae,
-                 wrong_ref_prob=args.wrong_ref, plw_weight=args.plw_loss)
+                 t0_prob=args.t0_prob, precision=args.precision, vae=vae)
     print(f"wrote {args.out} at step {info['step']}")
     return 0

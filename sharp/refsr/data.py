@@ -140,22 +140,16 @@ class RefSRDataset(torch.utils.data.Dataset):
 
     ref_as_target: every Ref is a high-resolution image too, so each triplet also
     gives the pair target = Ref, LR = rrssrd_degrade(Ref), Ref = the HR of the same place
-    (aligned the same way): twice the training targets.
-
-    wrong_ref_prob: share of crops whose Ref is a crop of another target's Ref (another place),
-    aligned to this crop like a real Ref ("wrong" True): negatives that teach the network, and
-    its PLW weight (flow_loss plw_weight), to fall back to the LR where the Ref does not match.
-    0 draws no extra random numbers, so older recipes give the same batches."""
+    (aligned the same way): twice the training targets."""
 
     def __init__(self, roots, crop: int = 64, scale: int = 4, synthetic_ref_prob: float = 0.5,
                  register: bool = True, length: int = 10000, seed: int = 0, align: str = "global",
-                 ref_as_target: bool = False, wrong_ref_prob: float = 0.0):
+                 ref_as_target: bool = False):
         roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
         if crop % scale:
             raise ValueError(f"crop ({crop}) must be a multiple of scale ({scale})")
         self.crop, self.scale, self.length = crop, scale, length
         self.synthetic_ref_prob = synthetic_ref_prob
-        self.wrong_ref_prob = wrong_ref_prob
         self.align = align
         self.generator = torch.Generator().manual_seed(seed)
         self.hr, self.up, self.ref, self.conf = [], [], [], []
@@ -190,18 +184,14 @@ class RefSRDataset(torch.utils.data.Dataset):
         "synthetic": [n] bool."""
         g = generator or self.generator
         c, s = self.crop, self.scale
-        hrs, ups, refs, confs, syn, wrong = [], [], [], [], [], []
+        hrs, ups, refs, confs, syn = [], [], [], [], []
         for _ in range(n):
             i = _randint(g, 0, len(self.hr) - 1)
             hr, up = self.hr[i], self.up[i]
             h, w = hr.shape[-2:]
             y, x = s * _randint(g, 0, (h - c) // s), s * _randint(g, 0, (w - c) // s)
             hr_c, up_c = hr[:, :, y:y + c, x:x + c], up[:, :, y:y + c, x:x + c]
-            if self.wrong_ref_prob > 0 and len(self.hr) > 1 and _rand(g) < self.wrong_ref_prob:
-                ref_c, conf_c = self.wrong_reference(i, up_c, g)
-                syn.append(False)
-                wrong.append(True)
-            elif _rand(g) < self.synthetic_ref_prob:
+            if _rand(g) < self.synthetic_ref_prob:
                 ref_c = synthetic_reference(hr, y, x, c, g)
                 if self.align == "local":   # aligned like a real Ref at inference
                     ref_c, conf_c = align_reference(ref_c, up_c, s, "local")
@@ -209,12 +199,10 @@ class RefSRDataset(torch.utils.data.Dataset):
                     ref_c, conf_c = align_reference(match_colour(ref_c, up_c, s), up_c, s,
                                                     register=False)
                 syn.append(True)
-                wrong.append(False)
             else:
                 ref_c = self.ref[i][:, :, y:y + c, x:x + c]
                 conf_c = self.conf[i][:, :, y:y + c, x:x + c]
                 syn.append(False)
-                wrong.append(False)
             hr_c, up_c, ref_c, conf_c = augment([hr_c, up_c, ref_c, conf_c], _randint(g, 0, 3),
                                                 _rand(g) < 0.5)
             hrs.append(hr_c)
@@ -222,16 +210,4 @@ class RefSRDataset(torch.utils.data.Dataset):
             refs.append(ref_c)
             confs.append(conf_c)
         return {"hr": torch.cat(hrs), "up": torch.cat(ups), "ref": torch.cat(refs),
-                "conf": torch.cat(confs), "synthetic": torch.tensor(syn), "wrong": torch.tensor(wrong)}
-
-    def wrong_reference(self, i: int, up_c: torch.Tensor, g: torch.Generator):
-        """A crop of another target's Ref (index j != i, random place), aligned to up_c like a
-        real Ref at inference: (ref [1, 3, c, c], conf [1, 1, c, c])."""
-        c, s = self.crop, self.scale
-        j = (i + _randint(g, 1, len(self.hr) - 1)) % len(self.hr)
-        h, w = self.ref[j].shape[-2:]
-        y, x = s * _randint(g, 0, (h - c) // s), s * _randint(g, 0, (w - c) // s)
-        ref_c = self.ref[j][:, :, y:y + c, x:x + c]
-        if self.align == "local":
-            return align_reference(ref_c, up_c, s, "local")
-        return align_reference(match_colour(ref_c, up_c, s), up_c, s, register=False)
+                "conf": torch.cat(confs), "synthetic": torch.tensor(syn)}

@@ -38,7 +38,7 @@ def flow_noise(shape, generator=None, t0_prob: float = 0.0) -> tuple[torch.Tenso
 
 
 def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=None,
-              t0_prob: float = 0.0, noise=None, wrong=None, plw_weight: float = 0.0) -> torch.Tensor:
+              t0_prob: float = 0.0, noise=None) -> torch.Tensor:
     """Rectified-flow loss. x1, lr, ref: [B, C, H, W]; ref_on: [B] bool, False drops the Ref for
     that sample; ref_conf: [B, 1, H', W'] matching confidence (models with cfg.ref_confidence).
     noise: (x0, t) drawn beforehand (flow_noise; data-parallel ranks slice one global draw),
@@ -48,32 +48,16 @@ def flow_loss(model: DSDiT, x1, lr, ref, ref_on=None, generator=None, ref_conf=N
     cfg.predict "x1": MSE between the clean estimate x1_hat and x1 (the regression loss; the
     velocity then follows from x1_hat). t0_prob: the share of samples trained at t = 0 exactly,
     where x_t is pure noise and x1_hat is the conditional-mean estimate that one-step sampling
-    returns (logit-normal t almost never comes close to 0).
-
-    wrong: [B] bool, samples whose Ref is another place's (data.RefSRDataset wrong_ref_prob);
-    plw_weight > 0 adds plw_weight * mean over blocks and tokens of (1 - w)^2 on those samples
-    (Ref kept), i.e. PLW is told to trust the LR branch where the Ref is wrong."""
+    returns (logit-normal t almost never comes close to 0)."""
     x0, t = noise if noise is not None else flow_noise(x1.shape, generator, t0_prob)
     x0, t = x0.to(x1.device, x1.dtype), t.to(x1.device)
     x_t = interpolate(x0, x1, t)
     cfg = getattr(getattr(model, "module", model), "cfg", None)      # DDP wraps the model
-    x1_pred = cfg is not None and cfg.predict == "x1"
-    out, weights = model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf, clean=x1_pred,
-                         return_weights=True)
-    loss = torch.mean((out.float() - (x1 if x1_pred else x1 - x0)) ** 2)
-    if plw_weight > 0 and wrong is not None:
-        loss = loss + plw_weight * plw_fallback_loss(weights, wrong, ref_on)
-    return loss
-
-
-def plw_fallback_loss(weights: list, wrong: torch.Tensor, ref_on=None) -> torch.Tensor:
-    """Mean over blocks of mean((1 - w)^2) over the samples with a wrong Ref that was kept
-    (ref_on True); weights: per-block PLW maps [B, h, w, 1] (None where no Ref). 0 if none."""
-    keep = wrong if ref_on is None else wrong & ref_on
-    maps = [w for w in weights if w is not None]
-    if not maps or not bool(keep.any()):
-        return maps[0].sum() * 0.0 if maps else torch.zeros(())
-    return torch.stack([((1.0 - w[keep].float()) ** 2).mean() for w in maps]).mean()
+    if cfg is not None and cfg.predict == "x1":
+        return torch.mean((model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf, clean=True).float()
+                           - x1) ** 2)
+    v = model(x_t, t, lr, ref, ref_on, ref_conf=ref_conf)
+    return torch.mean((v.float() - (x1 - x0)) ** 2)
 
 
 def autoguidance(v_weak: torch.Tensor, v_strong: torch.Tensor, g: float) -> torch.Tensor:

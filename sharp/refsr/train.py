@@ -159,7 +159,7 @@ def time_budget(dist: DataParallel, t_start: float, max_minutes: float, step: in
 
 def train_step(net, model: DSDiT, opt, space: WorkingSpace, dataset: RefSRDataset, generator,
                dist: DataParallel, batch: int, crop: int, ref_drop: float, t0_prob: float,
-               plw_weight: float, autocast) -> float:
+               autocast) -> float:
     """One optimizer step on one global batch: crops, Ref dropout, noise and times are drawn from
     `generator` in that order (the same on every rank), each rank trains its slice. Returns the
     loss averaged over ranks."""
@@ -175,7 +175,7 @@ def train_step(net, model: DSDiT, opt, space: WorkingSpace, dataset: RefSRDatase
         x1 = space.target(space.encode(b["hr"]), up_z)
     with autocast:
         loss = flow_loss(net, x1, up_z, ref_z, ref_on[part].to(device), ref_conf=b["conf"],
-                         noise=(x0[part], t[part]), wrong=b["wrong"], plw_weight=plw_weight)
+                         noise=(x0[part], t[part]))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -223,8 +223,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           max_minutes: float = 0.0, seed: int = 0, resume: bool = True, device: str = "cpu",
           log: Callable[[str], None] = print, progress: bool = True,
           fit_transfer: bool = True, ref_as_target: bool = False, t0_prob: float = 0.0,
-          precision: str = "fp32", vae: Optional[LatentCodec] = None,
-          wrong_ref_prob: float = 0.0, plw_weight: float = 0.0) -> dict:
+          precision: str = "fp32", vae: Optional[LatentCodec] = None) -> dict:
     """Train DS-DiT on RRSSRD-style folders; returns the final info dict.
 
     Stages: set up (model, EMA, optimizer, resume), then per step the learning rate (lr_at), one
@@ -244,9 +243,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     fit_transfer: at the end, fit the reference-detail-transfer gain on the training folders
     (sharp.refsr.calibrate; a few seconds per training image) into the sampling defaults.
     ref_as_target: also train on target = Ref, LR = its RRSSRD degradation, Ref = the HR
-    (data.RefSRDataset). t0_prob: share of samples at t = 0 (flow.flow_loss).
-    wrong_ref_prob: share of crops given another place's Ref (data.RefSRDataset); plw_weight: the
-    weight of the loss pushing PLW to the LR branch on them (flow.flow_loss)."""
+    (data.RefSRDataset). t0_prob: share of samples at t = 0 (flow.flow_loss)."""
     from tqdm import tqdm
 
     cfg = PRESETS[config] if isinstance(config, str) else config
@@ -271,8 +268,6 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         "crop": crop, "lr": lr, "ref_drop": ref_drop, "synthetic_ref_prob": synthetic_ref_prob,
         "ema_decay": ema_decay, "seed": seed, "val": str(val) if val else None,
         "ref_as_target": ref_as_target, "t0_prob": t0_prob}}
-    if wrong_ref_prob or plw_weight:    # recorded only when used: older state files resume
-        info["args"].update(wrong_ref_prob=wrong_ref_prob, plw_weight=plw_weight)
     if resume and Path(str(out) + ".state.json").is_file():
         prev = _load_state(out, model, ema, opt, generator)
         if prev["args"]["config"] != cfg.to_json():
@@ -281,8 +276,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         info.update(step=prev["step"], history=prev["history"])
         log(f"resumed from step {info['step']}")
     dataset = RefSRDataset(data, crop=crop, scale=cfg.scale, synthetic_ref_prob=synthetic_ref_prob,
-                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target,
-                           wrong_ref_prob=wrong_ref_prob)
+                           seed=seed, align=cfg.ref_align, ref_as_target=ref_as_target)
     if not dist.main:
         log = _quiet
     log(f"{len(dataset.hr)} training triplets; model {sum(p.numel() for p in model.parameters())} "
@@ -316,7 +310,7 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, time_frac=time_frac)
         losses.append(train_step(net, model, opt, space, dataset, generator, dist, batch, crop,
-                                 ref_drop, t0_prob, plw_weight, autocast))
+                                 ref_drop, t0_prob, autocast))
         ema_update(ema, model, step, ema_decay)
         info["step"] = step + 1
         bar.update(1)

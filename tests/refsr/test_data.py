@@ -52,32 +52,3 @@ def test_real_rrssrd_folder_layout():
     assert len(folder) == 40
     hr, lr, ref = folder.load(0)
     assert hr.shape == ref.shape == (1, 3, 480, 480) and lr.shape == (1, 3, 120, 120)
-
-
-def test_wrong_refs_come_from_another_target(tmp_path, monkeypatch):
-    """wrong_ref_prob 1: every crop's Ref is cut from another target's Ref (tagged here by a constant
-    value per target, alignment made the identity), flagged "wrong", never synthetic."""
-    import sharp.refsr.data as data
-
-    root = write_triplets(tmp_path / "set", n=3, size=64)
-    ds = RefSRDataset([root], crop=32, synthetic_ref_prob=1.0, register=False, seed=0,
-                      wrong_ref_prob=1.0)
-    for k in range(len(ds.hr)):
-        ds.hr[k] = torch.full_like(ds.hr[k], k / 10)
-        ds.ref[k] = torch.full_like(ds.ref[k], k / 10)
-    monkeypatch.setattr(data, "align_reference", lambda ref, up, *a, **kw: (ref, torch.ones_like(ref[:, :1])))
-    monkeypatch.setattr(data, "match_colour", lambda ref, up, s: ref)
-    b = ds.batch(24)
-    assert b["wrong"].all() and not b["synthetic"].any()
-    own, used = b["hr"][:, 0, 0, 0], b["ref"][:, 0, 0, 0]
-    assert (own != used).all() and set(used.tolist()) <= {k / 10 for k in range(3)}
-
-
-def test_no_wrong_refs_draws_the_same_batches(tmp_path):
-    """wrong_ref_prob 0 (the default) draws no extra random numbers: older recipes keep their batches."""
-    root = write_triplets(tmp_path / "set", n=2, size=64)
-    a = RefSRDataset([root], crop=32, synthetic_ref_prob=0.5, register=False, seed=3).batch(6)
-    b = RefSRDataset([root], crop=32, synthetic_ref_prob=0.5, register=False, seed=3,
-                     wrong_ref_prob=0.0).batch(6)
-    assert all(torch.equal(a[k], b[k]) for k in ("hr", "up", "ref", "conf", "synthetic"))
-    assert not b["wrong"].any()

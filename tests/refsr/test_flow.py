@@ -2,7 +2,6 @@ import torch
 
 from refsr.refsr_helpers import TINY
 from sharp.refsr.flow import autoguidance, euler_sample, flow_loss, interpolate
-from sharp.refsr.config import DSDiTConfig
 from sharp.refsr.model import DSDiT
 
 
@@ -64,33 +63,3 @@ def test_training_loss_drops_on_tiny_run():
         losses.append(float(loss.detach()))
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.8 * first, (first, last)   # measured ~0.69 here
-
-
-def test_plw_fallback_loss_formula_and_its_place_in_flow_loss():
-    """plw_fallback_loss = mean over blocks of mean((1 - w)^2) over the wrong-Ref samples whose Ref was
-    kept, re-derived with loops; flow_loss adds plw_weight times it, on the same forward pass."""
-    from sharp.refsr.flow import flow_noise, plw_fallback_loss
-
-    g = torch.Generator().manual_seed(0)
-    weights = [torch.rand(4, 3, 3, 1, generator=g) for _ in range(2)] + [None]
-    wrong = torch.tensor([True, False, True, True])
-    ref_on = torch.tensor([True, True, False, True])
-    expect = 0.0
-    for w in weights[:2]:
-        vals = [float(((1 - w[i]) ** 2).mean()) for i in range(4) if wrong[i] and ref_on[i]]
-        expect += sum(vals) / len(vals) / 2
-    assert abs(float(plw_fallback_loss(weights, wrong, ref_on)) - expect) < 1e-6
-    assert float(plw_fallback_loss(weights, torch.zeros(4, dtype=torch.bool))) == 0.0
-
-    model = DSDiT(DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
-                              predict="x1"))
-    for p in model.parameters():       # zero-initialised layers would make w = 0.5 and the output 0
-        torch.nn.init.normal_(p, std=0.2, generator=g)
-    x1, lr, ref = (torch.randn(4, 3, 16, 16, generator=g) for _ in range(3))
-    noise = flow_noise(x1.shape, g, 0.3)
-    plain = flow_loss(model, x1, lr, ref, ref_on, noise=noise)
-    with_w = flow_loss(model, x1, lr, ref, ref_on, noise=noise, wrong=wrong, plw_weight=0.5)
-    x0, t = noise
-    _, ws = model(interpolate(x0, x1, t), t, lr, ref, ref_on, return_weights=True, clean=True)
-    assert abs(float(with_w - plain) - 0.5 * float(plw_fallback_loss(ws, wrong, ref_on))) < 1e-5
-    assert float(with_w - plain) > 0
