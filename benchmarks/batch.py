@@ -1,4 +1,4 @@
-"""`python -m sharp batch` benchmark (issue 13), one run, figures side by side:
+"""`python -m sharp batch` benchmark, one run, figures side by side:
 
   1. the runner's own overhead per prompt, against the ComfyUI protocol stand-in
      (tests/comfy_protocol_standin.py: a real HTTP server that speaks ComfyUI's protocol and runs a

@@ -9,7 +9,7 @@ For each size it prints:
   * the peak extra tensor memory of one embedder call (SHARP cache miss vs stock), and what the
     per-step cache keeps alive.
 
-Targets (issue 2): overhead < 0.2 % of a step; SHARP step / stock <= 1.0x (target 0.5x).
+Targets: overhead < 0.2 % of a step; SHARP step / stock <= 1.0x (target 0.5x).
 
 Blocks are timed directly up to --measure-tokens image+text tokens. Larger sizes on a CPU would take
 many minutes per block, so there the block time is extrapolated from the measured sizes with a

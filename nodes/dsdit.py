@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 FOLDER_KEY = "dsdit"
 EXTENSIONS = {".safetensors"}
-SHIPPED = f"{DEFAULT_CHECKPOINT.name} (shipped with SHARP)"
+SHIPPED = "shipped: DS-DiT x4"
+"""The ckpt_name of the model in the pack: short, so a new node shows it whole at its default width."""
+LEGACY_SHIPPED = f"{DEFAULT_CHECKPOINT.name} (shipped with SHARP)"
+"""Its name before 2026-12: workflows saved with it keep loading the shipped model."""
 SCALES = [2, 4, 8]
 DSDIT = io.Custom("DSDIT")
 ALLOW_ANY_PATH = "SHARP_ALLOW_ANY_PATH"
@@ -113,7 +116,7 @@ def resolve_checkpoint(ckpt_name: str, path: str = "") -> str:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"DS-DiT checkpoint not found: {path}")
         return path
-    if ckpt_name == SHIPPED:
+    if ckpt_name in (SHIPPED, LEGACY_SHIPPED):
         return str(DEFAULT_CHECKPOINT)
     full = folder_paths.get_full_path(FOLDER_KEY, ckpt_name)
     if full is None:
@@ -164,6 +167,16 @@ class LoadDSDiT(io.ComfyNode):
                                           "'DS-DiT Reference SR'.")],
             **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr"]),
         )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name, path="") -> bool | str:
+        """ComfyUI's own check that ckpt_name is one of the choices, plus the shipped model's old name
+        (declaring ckpt_name here replaces the core check for it)."""
+        choices = checkpoint_choices()
+        if ckpt_name in choices or ckpt_name == LEGACY_SHIPPED or (path or "").strip():
+            return True
+        return (f"ckpt_name {ckpt_name!r} is not in models/{FOLDER_KEY}; pick one of {choices[:8]}"
+                f"{' ...' if len(choices) > 8 else ''} (put the .safetensors file there and refresh)")
 
     @classmethod
     def execute(cls, ckpt_name, path="") -> io.NodeOutput:

@@ -1,4 +1,4 @@
-"""The hostile and careless inputs of issue 16, one list per surface, shared by the tests that try them
+"""The hostile and careless inputs (docs/bad_inputs.md), one list per surface, shared by the tests that try them
 (library, nodes with the fakes, the real-ComfyUI server) and checked against the table in docs/bad_inputs.md
 (tests/test_bad_inputs.py: every id here is a row there and back).
 

@@ -1,4 +1,4 @@
-"""Issue 16's hostile and careless inputs (tests/bad_inputs.py), each through the library, the CLI where it
+"""The hostile and careless inputs (tests/bad_inputs.py), each through the library, the CLI where it
 has the input, and the node with the fakes; plus the table in docs/bad_inputs.md kept in step with the list."""
 from __future__ import annotations
 
@@ -316,7 +316,7 @@ def test_node_float_inputs_refuse_nan_inf(case, nodes):
 
 
 def test_memory_refused_before_allocating(model):
-    """Issue 16's case: LR 2048^2 at x8 allocated 6.9 GB before failing. Under an 8 GiB budget it is refused
+    """The case that started this: LR 2048^2 at x8 allocated 6.9 GB before failing. Under an 8 GiB budget it is refused
     up front, naming an LR that fits, and the process's peak RSS does not grow by a whole-image buffer."""
     import resource
 

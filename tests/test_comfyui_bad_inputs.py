@@ -1,4 +1,4 @@
-"""Issue 16's hostile inputs against a real ComfyUI server (and, for interruption, ComfyUI in-process).
+"""Hostile inputs (tests/bad_inputs.py) against a real ComfyUI server (and, for interruption, ComfyUI in-process).
 
 Opt-in: set SHARP_COMFYUI_DIR to a ComfyUI checkout (see tests/comfyui_harness.py); skipped otherwise.
 The server's base directory is temporary: models/dsdit holds a good tiny checkpoint and every bad checkpoint
@@ -30,7 +30,7 @@ INPUTS = {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}
 GOOD = "good-tiny.safetensors"
 RSS_BOUND = 256 << 20
 """Most the server's peak RSS (VmHWM) may grow over all bad checkpoints and arguments (the depth bomb alone
-climbed to a 10 GiB cap before issue 16)."""
+once climbed to a 10 GiB cap, before config fields were bounded: depth 10**7)."""
 NODE_IDS = ("SHARPResolutionPromotion", "SHARPLoadRSFlux", "SHARPSpectrumAnalysis", "SHARPSchedulePreview",
             "SHARPLoadDSDiT", "SHARPDSDiTReferenceSR")
 SKIPPED_FOLDERS = sorted(k for k, (_, (kind, _)) in B.FOLDERS.items() if kind == "skipped")

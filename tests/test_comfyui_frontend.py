@@ -306,6 +306,36 @@ def test_help_page_renders(server, browser, shots, node_id):
     page.locator("[data-testid='info-button']:visible").first.click()  # close it again
 
 
+@pytest.mark.parametrize("node_id", OUR_NODES)
+def test_fresh_node_shows_its_combo_values_whole(server, browser, shots, node_id):
+    """A node as a user adds it (default size): its widgets hold the schema's defaults, and every combo's
+    value fits in the widget as the frontend draws it (text measured in the canvas font, 12 px Inter;
+    the arrows and paddings take ~60 px; the frontend shortens the label before the value, so only a
+    short label is counted), so e.g. the Load DS-DiT checkpoint name is not cut to
+    "dsdit_small.safetensors (shipp...". The node is added beside the others, not after a graph clear:
+    frontend 1.49 hands a new node that reuses a cleared node's id that node's widget values."""
+    page = browser.page
+    rows = page.evaluate("""(id) => { const n = LiteGraph.createNode(id); app.graph.add(n);
+        n.pos = [200, 200 + 1000 * app.graph._nodes.length]; app.canvas.setDirty(true, true);
+        const ctx = app.canvas.canvas.getContext('2d');
+        ctx.font = (LiteGraph.NODE_SUBTEXT_SIZE || 12) + 'px ' + (LiteGraph.NODE_FONT || 'Inter');
+        const margin = LiteGraph.NODE_WIDGET_MARGIN ?? 15;
+        window._fresh = n;
+        return (n.widgets || []).map(w => [w.name, w.type, w.value, ctx.measureText(w.label || w.name).width,
+            ctx.measureText(String(w.value)).width, (w.width || n.size[0]) - 2 * margin]); }""", node_id)
+    browser.at(*page.evaluate("() => _fresh.pos"))
+    page.screenshot(path=os.path.join(shots, f"fresh_{node_id}.png"))
+    page.evaluate("() => { app.graph.remove(_fresh); }")
+    spec = {**server.object_info[node_id]["input"].get("required", {}),
+            **server.object_info[node_id]["input"].get("optional", {})}
+    for name, _, value, *_ in rows:
+        if name in spec and isinstance(spec[name], list) and len(spec[name]) > 1 and "default" in spec[name][1]:
+            assert value == spec[name][1]["default"], (node_id, name, value, spec[name][1]["default"])
+    cut = [(name, value, round(text), round(width)) for name, typ, value, label, text, width in rows
+           if typ == "combo" and text + 60 + min(label, 40) > width]
+    assert not cut, f"{node_id}: combo values cut at the default width (name, value, text px, widget px): {cut}"
+
+
 def test_dsdit_workflow_runs_from_the_run_button(server, browser, shots):
     page = browser.page
     wf = json.load(open(os.path.join(W.UI_DIR, "dsdit_refsr_x4.json")))

@@ -319,3 +319,21 @@ def test_runtime_error_is_reported_not_fatal(server):
     text = json.dumps(hist["status"]["messages"])
     assert "00002-of-00002.safetensors" in text
     assert server.proc.poll() is None and server.get("/object_info")
+
+
+def test_load_dsdit_checkpoint_names(server):
+    """The shipped model's earlier ckpt_name (workflows saved before it was shortened) still runs the
+    DS-DiT workflow; a name that is in no list is a node error naming the folder, not a crash."""
+    _, api = _load(os.path.join(ROOT, "example_workflows", "dsdit_refsr_x4.json"))
+    loader = next(nid for nid, n in api.items() if n["class_type"] == "SHARPLoadDSDiT")
+    legacy = json.loads(json.dumps(api))
+    legacy[loader]["inputs"]["ckpt_name"] = "dsdit_small.safetensors (shipped with SHARP)"
+    hist = server.run(legacy)
+    assert hist["status"]["status_str"] == "success", json.dumps(hist["status"])[:2000]
+    unknown = json.loads(json.dumps(api))
+    unknown[loader]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
+    status, body = server.post("/prompt", {"prompt": unknown})
+    assert status == 400 and loader in body.get("node_errors", {}), json.dumps(body)[:2000]
+    text = json.dumps(body["node_errors"][loader])
+    assert "no_such_model.safetensors" in text and "models/dsdit" in text
+    assert server.proc.poll() is None

@@ -105,7 +105,7 @@ def test_model_folder_keeps_extra_paths(mod, fresh_fakes, tmp_path):
     assert fake.FolderPaths.roots["dsdit"] == [str(extra), str(models / "dsdit")]
     assert fake.FolderPaths.extensions["dsdit"] == {".safetensors"}
     choices = mod.checkpoint_choices()
-    assert choices[0].startswith("dsdit_small.safetensors") and "shipped" in choices[0]
+    assert choices[0] == mod.SHIPPED and "shipped" in choices[0] and len(choices[0]) <= 24  # shown whole
     assert choices[1:] == ["a.safetensors", "sub/mine.safetensors"]
 
 
@@ -118,6 +118,13 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
     assert isinstance(patcher, fake.ModelPatcher)      # ComfyUI's model management holds the network
     assert (patcher.load_device, patcher.offload_device) == ("cpu", "cpu")
     shipped = patcher.model
+    legacy = node.execute(ckpt_name="dsdit_small.safetensors (shipped with SHARP)", path="").result[0].model
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), legacy.state_dict().values()))
+    assert node.validate_inputs(ckpt_name="dsdit_small.safetensors (shipped with SHARP)") is True
+    assert node.validate_inputs(ckpt_name=shipped_label) is True
+    err = node.validate_inputs(ckpt_name="nope.safetensors")
+    assert isinstance(err, str) and "nope.safetensors" in err and "models/dsdit" in err
+    assert node.validate_inputs(ckpt_name="nope.safetensors", path="/abs/x.safetensors") is True  # path decides
     assert os.path.isfile(SHIPPED_FILE)
     from safetensors import safe_open
 
@@ -372,7 +379,7 @@ def test_workflow_contents():
     for nid, n in api.items():
         by_type.setdefault(n["class_type"], []).append(n["inputs"])
     (loader,), (sr,) = by_type["SHARPLoadDSDiT"], by_type["SHARPDSDiTReferenceSR"]
-    assert loader["ckpt_name"].startswith("dsdit_small.safetensors") and loader["path"] == ""
+    assert loader["ckpt_name"] == "shipped: DS-DiT x4" and loader["path"] == ""  # the shipped model
     assert sr["scale"] == 4 and sr["steps"] == 0 and sr["guidance"] == 1.0
     images = sorted(i["image"] for i in by_type["LoadImage"])
     assert images == ["sharp_refsr_lr.jpg", "sharp_refsr_ref.jpg"]

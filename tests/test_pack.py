@@ -192,6 +192,12 @@ def test_pyproject_comfy_registry_fields():
     for key in ("PublisherId", "DisplayName", "Icon"):
         assert comfy.get(key), f"[tool.comfy] {key} missing"
     assert comfy["requires-comfyui"].startswith(">=")
+    # the registry shows the Icon URL: it points into this repository's main branch, at a file that exists
+    icon = comfy["Icon"].split("/main/", 1)[1]
+    assert os.path.isfile(os.path.join(ROOT, icon)), f"[tool.comfy] Icon points at {icon}, which is not in the repo"
+    from PIL import Image
+    with Image.open(os.path.join(ROOT, icon)) as im:
+        assert im.format == "PNG" and im.size[0] == im.size[1] >= 256
     markers = " ".join(data["tool"]["pytest"]["ini_options"]["markers"])
     assert "comfyui:" in markers and "SHARP_COMFYUI_DIR" in markers
 

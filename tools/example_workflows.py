@@ -338,7 +338,7 @@ def family_note(wf: dict) -> str:
 DSDIT_NOTE = "\n\n".join([
     "WHAT IT SHOWS: DS-DiT reference-based x4 super-resolution of a remote-sensing image: a 120 px LR image and an "
     "HR reference of the same place -> 480 px; beside it bicubic x4 and the reference, saved side by side.",
-    "MODELS: none to download. 'dsdit_small.safetensors (shipped with SHARP)' is the small demonstration model in "
+    "MODELS: none to download. 'shipped: DS-DiT x4' is the small demonstration model in "
     "the pack; your own checkpoints go to ComfyUI/models/dsdit/ (folder 'dsdit').",
     "IMAGES: the pack copies its example pair (examples/refsr: RRSSRD, Dong et al. 2021) into ComfyUI's input "
     "folder as sharp_refsr_lr.jpg and sharp_refsr_ref.jpg when they are missing (never over your files), so Run "
