@@ -1,4 +1,4 @@
-"""Which PSNR-oriented DS-DiT estimate to ship (issue 14), measured on training-side folders.
+"""Which PSNR-oriented DS-DiT estimate to ship, measured on training-side folders.
 
     python benchmarks/refsr_estimators.py --ckpt m.safetensors --data DIR [--limit 4] [--crop 192]
 

@@ -1,4 +1,4 @@
-"""How much of the missing detail does an RRSSRD Ref hold? (issue 6, model-free)
+"""How much of the missing detail does an RRSSRD Ref hold? (model-free)
 
     python benchmarks/refsr_reference_information.py [--data DIR] [--fit DIR ...] [--limit N]
                                                      [--json out.json]

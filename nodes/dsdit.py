@@ -2,8 +2,9 @@
 
 Thin wrappers: loading, validation, tiling and sampling are `sharp.refsr` (docs/dsdit.md). Here only
 what is ComfyUI's: the `models/dsdit` folder (folder_paths, so extra_model_paths.yaml works; the `path`
-input reads only inside those folders unless SHARP_ALLOW_ANY_PATH=1), the device and ComfyUI's memory
-management, the progress bar, interruption, and wrapping a ComfyUI VAE as the library's LatentCodec.
+input reads only inside those folders unless SHARP_ALLOW_ANY_PATH=1), the network in a ModelPatcher so
+ComfyUI's model management moves it, frees memory for it and knows what it holds, the progress bar,
+interruption, and wrapping a ComfyUI VAE as the library's LatentCodec.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 import os
 
 import comfy.model_management
+import comfy.model_patcher
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
@@ -124,6 +126,17 @@ def resolve_checkpoint(ckpt_name: str, path: str = "") -> str:
     return full
 
 
+def dsdit_patcher(model) -> "comfy.model_patcher.ModelPatcher":
+    """The DS-DiT network (an nn.Module) in a ModelPatcher, as ComfyUI's upscale-model loader wraps its
+    networks: load_models_gpu then moves it to the load device, unloads other models to make room and
+    offloads it when something else needs the memory. A ModelPatcher is returned as it is."""
+    if isinstance(model, comfy.model_patcher.ModelPatcher):
+        return model
+    mm = comfy.model_management
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 class LoadDSDiT(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -149,7 +162,9 @@ class LoadDSDiT(io.ComfyNode):
                             "instead of ckpt_name.",
                 ),
             ],
-            outputs=[DSDIT.Output(display_name="DSDIT", tooltip="The DS-DiT network, for 'DS-DiT Reference SR'.")],
+            outputs=[DSDIT.Output(display_name="DSDIT",
+                                  tooltip="The DS-DiT network (in ComfyUI's model management), for "
+                                          "'DS-DiT Reference SR'.")],
             **schema_extras(search_aliases=["super resolution", "upscale", "reference sr", "refsr"]),
         )
 
@@ -169,7 +184,7 @@ class LoadDSDiT(io.ComfyNode):
         model = load_dsdit(file, device="cpu")
         log.info("DS-DiT %s: %s space, x%d, %d parameters", os.path.basename(file), model.cfg.space,
                  model.cfg.scale, sum(p.numel() for p in model.parameters()))
-        return io.NodeOutput(model)
+        return io.NodeOutput(dsdit_patcher(model))
 
 
 def comfy_vae_codec(vae, device) -> CallableVAE:
@@ -282,7 +297,8 @@ class DSDiTReferenceSR(io.ComfyNode):
         if int(scale) not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
-        device = comfy.model_management.get_torch_device()
+        patcher = dsdit_patcher(model)        # a bare DSDiT module (e.g. from another node) is wrapped
+        model, device = patcher.model, patcher.load_device
         codec = None
         if model.cfg.space == "latent":
             if vae is None:
@@ -299,17 +315,18 @@ class DSDiTReferenceSR(io.ComfyNode):
             interrupted()
             bar.update_absolute(done, total)
 
-        # as ComfyUI's upscale-model node: ask model management for the room first (the weights and a
-        # tile on the device, the whole-image stages in RAM), then move the network by hand
+        # as ComfyUI's upscale-model node: model management makes room for the weights and one tile's
+        # working set on the device (and the whole-image stages in RAM) and loads the network there
+        tile = 0
         if getattr(lr, "ndim", 0) == 4:  # other shapes: the library's error
             b, h, w = lr.shape[0], int(scale) * lr.shape[1], int(scale) * lr.shape[2]
             ram = limits.estimate_bytes(model.cfg, b, h, w, int(tile_size), True, bool(register_ref), True)
-            weights = sum(t.nbytes for t in model.state_dict().values())
-            free_memory(comfy.model_management, device, weights + limits.tile_bytes(model.cfg, b, int(tile_size)), ram)
+            tile = limits.tile_bytes(model.cfg, b, int(tile_size))
+            free_memory(comfy.model_management, device, tile, ram)
+        comfy.model_management.load_models_gpu([patcher], memory_required=tile, force_full_load=True)
         notes = _Notes()
         library_log = logging.getLogger("sharp")
         library_log.addHandler(notes)
-        model.to(device)
         try:
             out = super_resolve(model, lr, ref, scale=int(scale), steps=int(steps) or None, guidance=guidance,
                                 seed=int(seed), tile=int(tile_size), overlap=int(overlap), vae=codec,
@@ -318,7 +335,6 @@ class DSDiTReferenceSR(io.ComfyNode):
                                 ref_transfer=None if ref_transfer < 0 else ref_transfer,
                                 cancel=interrupted)
         finally:
-            model.to("cpu")
             library_log.removeHandler(notes)
         for text in notes.messages:  # already in the server log: the library logged them
             _show_on_node(f"warning: {text}", node_id)

@@ -2,8 +2,8 @@
 georeferenced SR GeoTIFF in its output folder, plus a downsampled preview IMAGE.
 
 Thin wrapper over sharp.scene (docs/scene.md): only ComfyUI's folders (file names, never
-arbitrary paths), the device, the progress bar and cancel (checked between tiles; the run can
-be continued with `resume`) are handled here. Tiles run in this process on the connected model.
+arbitrary paths), loading the network through model management, the progress bar and cancel
+(checked between tiles; the run can be continued with `resume`) are handled here. Tiles run in this process on the connected model.
 Needs the [geo] extra (rasterio, rio-cogeo); without it the node says so when run.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ._compat import advanced
-from .dsdit import DSDIT, SCALES
+from .dsdit import DSDIT, SCALES, dsdit_patcher
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,9 @@ class DSDiTSceneSR(io.ComfyNode):
                 return True
             return False
 
-        device = comfy.model_management.get_torch_device()
-        model.to(device)
+        patcher = dsdit_patcher(model)      # ComfyUI's model management loads the network
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+        model, device = patcher.model, patcher.load_device
         try:
             s = super_resolve_scene(lr, ref, out, model, scale=int(scale), steps=int(steps) or None,
                                     bands=bands.strip() or None, ref_bands=ref_bands.strip() or None,
@@ -178,8 +179,6 @@ class DSDiTSceneSR(io.ComfyNode):
             if stop:
                 raise stop[0]
             raise
-        finally:
-            model.to("cpu")
         log.info("DS-DiT scene: %s (%dx%d), %.3f Mpx/s", out, s["width"], s["height"],
                  s["mpx_per_s"])
         return io.NodeOutput(preview(out), out)

@@ -20,7 +20,7 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK = "comfyui_sharp_fake_env"
 FAKED = ("comfy_api", "comfy_api.latest", "comfy", "comfy.model_sampling", "comfy.patcher_extension", "comfy.sd",
-         "comfy.utils", "comfy.model_management", "folder_paths")
+         "comfy.utils", "comfy.model_management", "comfy.model_patcher", "folder_paths")
 
 
 # --- comfy_api.latest.io ---------------------------------------------------------------------------
@@ -240,6 +240,28 @@ class ModelManagement:
     def soft_empty_cache(cls, force=False):
         pass
 
+    loads: list = []  # (patchers, memory_required, force_full_load) of each load_models_gpu call
+    loading = False   # True while load_models_gpu moves weights (tests tell its moves from others)
+
+    @classmethod
+    def load_models_gpu(cls, models, memory_required=0, force_patch_weights=False,
+                        minimum_memory_required=None, force_full_load=False):
+        """Records the call and moves each patcher's model to its load_device, as a full load does."""
+        cls.loads.append((list(models), memory_required, force_full_load))
+        cls.loading = True
+        try:
+            for patcher in models:
+                patcher.model.to(patcher.load_device)
+        finally:
+            cls.loading = False
+
+
+class ModelPatcher:
+    """comfy.model_patcher.ModelPatcher, the part the DS-DiT nodes use (model, load_device, offload_device)."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+
 
 def _modules() -> dict[str, types.ModuleType]:
     api = types.ModuleType("comfy_api")
@@ -263,7 +285,10 @@ def _modules() -> dict[str, types.ModuleType]:
     mm.throw_exception_if_processing_interrupted = ModelManagement.throw_exception_if_processing_interrupted
     mm.get_torch_device = lambda: "cpu"
     mm.free_memory, mm.soft_empty_cache = ModelManagement.free_memory, ModelManagement.soft_empty_cache
-    comfy.utils, comfy.model_management = utils, mm
+    mm.load_models_gpu, mm.unet_offload_device = ModelManagement.load_models_gpu, lambda: "cpu"
+    mp = types.ModuleType("comfy.model_patcher")
+    mp.ModelPatcher = ModelPatcher
+    comfy.utils, comfy.model_management, comfy.model_patcher = utils, mm, mp
     fp = types.ModuleType("folder_paths")
     fp.get_folder_paths = FolderPaths.get_folder_paths
     fp.get_filename_list, fp.get_full_path = FolderPaths.get_filename_list, FolderPaths.get_full_path
@@ -274,7 +299,7 @@ def _modules() -> dict[str, types.ModuleType]:
     # mark every fake as a package-less module with a spec so importlib.util.find_spec works
     mods = {"comfy_api": api, "comfy_api.latest": latest, "comfy": comfy, "comfy.model_sampling": ms,
             "comfy.patcher_extension": pe, "comfy.sd": sd, "comfy.utils": utils, "comfy.model_management": mm,
-            "folder_paths": fp}
+            "comfy.model_patcher": mp, "folder_paths": fp}
     for name, mod in mods.items():
         mod.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=name in ("comfy_api", "comfy"))
     return mods

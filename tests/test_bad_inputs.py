@@ -139,15 +139,17 @@ def test_bad_sr_arguments_node(case, model, nodes, monkeypatch):
 
 
 def test_node_asks_model_management_for_room_first(model, nodes):
-    """Before the work: comfy.model_management.free_memory for the weights + a tile on the device and, where
-    the ComfyUI has the parameter, the whole-image stages' RAM (the fake has it)."""
-    fake.ModelManagement.freed = []
+    """Before the work: comfy.model_management.free_memory for a tile on the device and, where the ComfyUI
+    has the parameter, the whole-image stages' RAM (the fake has it); then load_models_gpu loads the
+    network with the same room for a tile (ComfyUI adds the weights itself)."""
+    fake.ModelManagement.freed, fake.ModelManagement.loads = [], []
     lr, ref = smooth_image(16, 16, 0), smooth_image(64, 64, 1)
     nodes["SHARPDSDiTReferenceSR"].execute(model=model, lr=torch.from_numpy(lr)[None], ref=torch.from_numpy(ref)[None],
                                            scale=4, steps=1, guidance=1.0, seed=0, tile_size=512, overlap=16)
     ((need, device, ram),) = fake.ModelManagement.freed
-    weights = sum(p.numel() * 4 for p in model.parameters())
-    assert device == "cpu" and need > weights and ram >= 64 * 64 * limits.BYTES_PER_PX["base"]
+    ((patchers, room, full),) = fake.ModelManagement.loads
+    assert device == "cpu" and need == room == limits.tile_bytes(model.cfg, 1, 512) > 0 and full
+    assert ram >= 64 * 64 * limits.BYTES_PER_PX["base"] and patchers[0].model is model
 
 
 def test_tiny_lr_at_the_minimum_works(model):

@@ -70,16 +70,20 @@ def test_model_folder_registered(H, dsdit, tmp_path):
         options = dsdit.checkpoint_choices()
         assert options[0] == dsdit.SHIPPED and "mine.safetensors" in options and "mine.ckpt" not in options
         model = dsdit.LoadDSDiT.execute(ckpt_name="mine.safetensors", path="").result[0]
-        assert model.cfg.dim == 8
+        assert model.model.cfg.dim == 8
     finally:
         folder_paths.folder_names_and_paths["dsdit"][0].remove(str(extra))
 
 
 def test_execute_with_comfy_progress_bar(H, dsdit):
+    import comfy.model_management as mm
+    import comfy.model_patcher
     import comfy.utils
     import torch
 
     model = dsdit.LoadDSDiT.execute(ckpt_name=dsdit.SHIPPED, path="").result[0]
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)   # ComfyUI's model management holds it
+    assert model.load_device == mm.get_torch_device() and model.offload_device == mm.unet_offload_device()
     seen = []
     old = comfy.utils.PROGRESS_BAR_HOOK
 
@@ -95,6 +99,9 @@ def test_execute_with_comfy_progress_bar(H, dsdit):
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
     assert out.shape == (1, 128, 192, 3) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    # loaded by load_models_gpu: ComfyUI counts it among its loaded models and can unload it for others
+    assert any(loaded.model is model for loaded in mm.current_loaded_models)
+    assert model.model_size() == sum(t.nbytes for t in model.model.state_dict().values())
     assert seen and seen[-1][0] == seen[-1][1] and seen[-1][1] % 2 == 0 and seen[-1][1] >= 2 * 6  # 2 steps x tiles
     assert [v for v, _ in seen] == sorted(v for v, _ in seen)
 

@@ -114,8 +114,11 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
     node = nodes["SHARPLoadDSDiT"]
     shipped_label = _inputs(node)["ckpt_name"].default
     assert shipped_label in _inputs(node)["ckpt_name"].options
-    shipped = node.execute(ckpt_name=shipped_label, path="").result[0]
-    legacy = node.execute(ckpt_name="dsdit_small.safetensors (shipped with SHARP)", path="").result[0]
+    patcher = node.execute(ckpt_name=shipped_label, path="").result[0]
+    assert isinstance(patcher, fake.ModelPatcher)      # ComfyUI's model management holds the network
+    assert (patcher.load_device, patcher.offload_device) == ("cpu", "cpu")
+    shipped = patcher.model
+    legacy = node.execute(ckpt_name="dsdit_small.safetensors (shipped with SHARP)", path="").result[0].model
     assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), legacy.state_dict().values()))
     assert node.validate_inputs(ckpt_name="dsdit_small.safetensors (shipped with SHARP)") is True
     assert node.validate_inputs(ckpt_name=shipped_label) is True
@@ -136,9 +139,9 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
     _write_ckpt(str(folder / "tiny.safetensors"), other)
     fake.FolderPaths.roots["dsdit"] = [str(tmp_path / "missing"), str(folder)]
     assert "tiny.safetensors" in _inputs(node)["ckpt_name"].options  # listed at schema time
-    by_name = node.execute(ckpt_name="tiny.safetensors", path="").result[0]
+    by_name = node.execute(ckpt_name="tiny.safetensors", path="").result[0].model
     assert by_name.cfg.dim == 8 and by_name.cfg.depth == 1
-    by_path = node.execute(ckpt_name=shipped_label, path=f"  {folder / 'tiny.safetensors'} ").result[0]
+    by_path = node.execute(ckpt_name=shipped_label, path=f"  {folder / 'tiny.safetensors'} ").result[0].model
     assert by_path.cfg.dim == 8  # path wins over ckpt_name
 
     with pytest.raises(FileNotFoundError, match="no DS-DiT checkpoint 'gone.safetensors'"):
@@ -159,7 +162,7 @@ def test_loader_execute(nodes, mod, fresh_fakes, tmp_path, monkeypatch):
 
 
 def test_path_outside_model_folders_needs_opt_in(nodes, fresh_fakes, tmp_path, monkeypatch):
-    """Issue 16: `path` reads only inside the dsdit model folders unless SHARP_ALLOW_ANY_PATH=1; the refusal is
+    """`path` reads only inside the dsdit model folders unless SHARP_ALLOW_ANY_PATH=1; the refusal is
     the same whether the file exists, is a DS-DiT checkpoint or not (no existence oracle, no metadata echoed)."""
     from safetensors.torch import save_file
 
@@ -180,7 +183,7 @@ def test_path_outside_model_folders_needs_opt_in(nodes, fresh_fakes, tmp_path, m
         assert "s3cr3t" not in str(err.value)
     assert len(messages) == 1  # one answer for every file: nothing learnt about what exists there
     monkeypatch.setenv("SHARP_ALLOW_ANY_PATH", "1")
-    assert node.execute(ckpt_name=shipped, path=str(outside / "real.safetensors")).result[0].cfg == TINY
+    assert node.execute(ckpt_name=shipped, path=str(outside / "real.safetensors")).result[0].model.cfg == TINY
     with pytest.raises(ValueError, match="not a DS-DiT checkpoint") as err:
         node.execute(ckpt_name=shipped, path=str(outside / "foreign.safetensors"))
     assert "s3cr3t" not in str(err.value) and "'x'" not in str(err.value)
@@ -225,6 +228,30 @@ def test_sr_execute_shape_progress(nodes, tiny_model, fresh_fakes):
     assert batch.shape == (2, 64, 96, 3)
 
 
+def test_sr_loads_the_network_through_model_management(nodes, tiny_model, fresh_fakes, monkeypatch):
+    """The node hands the network to comfy.model_management.load_models_gpu (a ModelPatcher with the
+    device's room for one tile) before sampling and never moves it itself; ComfyUI offloads it later."""
+    moves = []
+    real_to = tiny_model.to
+
+    def to(*args, **kw):
+        moves.append(fake.ModelManagement.loading)
+        return real_to(*args, **kw)
+
+    monkeypatch.setattr(tiny_model, "to", to, raising=False)
+    fake.ModelManagement.loads = []
+    patcher = fake.ModelPatcher(tiny_model, "cpu", "cpu")
+    lr, ref = _img(16, 16, 1), _img(64, 64, 2)
+    from_patcher = _sr(nodes["SHARPDSDiTReferenceSR"], patcher, lr, ref)
+    ((models, room, full),) = fake.ModelManagement.loads
+    assert models == [patcher] and room > 0 and full
+    bare = _sr(nodes["SHARPDSDiTReferenceSR"], tiny_model, lr, ref)   # a bare module is wrapped
+    assert torch.equal(from_patcher, bare)
+    (loaded,) = fake.ModelManagement.loads[1][0]
+    assert isinstance(loaded, fake.ModelPatcher) and loaded.model is tiny_model
+    assert moves == [True, True]          # only model management moved it, once per run
+
+
 def test_sr_guidance_and_temperature_reach_the_sampler(nodes, tiny_model, fresh_fakes):
     node = nodes["SHARPDSDiTReferenceSR"]
     lr, ref = _img(16, 16, 1), _img(64, 64, 2)
@@ -236,7 +263,7 @@ def test_sr_guidance_and_temperature_reach_the_sampler(nodes, tiny_model, fresh_
 
 
 def test_sr_interrupt(nodes, tiny_model, fresh_fakes):
-    """Interruption is checked inside every long stage (issue 16), not only between sampling steps: with a
+    """Interruption is checked inside every long stage (a cancel must not wait for the alignment), not only between sampling steps: with a
     local-alignment checkpoint the block matching checks once per displacement, before any tile."""
     from refsr.refsr_helpers import TINY_MATCH
 

@@ -14,10 +14,11 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
     p.add_argument("--config", default="small",
-                   help="model preset: small (the old shipped model's shape), small-match (small with "
-                        "local Ref alignment, confidence tokens and a null-Ref weak path), medium-match "
-                        "(small-match ~6x larger, predicting x1: one-step estimate), base, large (a "
-                        "latent model: needs --vae); or a JSON file of DSDiTConfig fields")
+                   help="model preset: medium-match (the shipped model: 655k parameters, predicting "
+                        "x1 for a one-step estimate, locally aligned Ref with matching-confidence tokens, "
+                        "null-Ref weak path), small (the previous shipped model's shape), base (a larger "
+                        "pixel-space model for GPUs), large (a latent model: needs --vae); "
+                        "or a JSON file of DSDiTConfig fields")
     p.add_argument("--val", metavar="DIR", help="validation folder (PSNR logged every --val-every)")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch", type=int, default=8)

@@ -32,10 +32,10 @@ class DSDiTConfig:
     mlp_ratio: float = 2.0   # (0, 16], finite
     encoder_depth: int = 1   # [1, 64]; conv layers of the shared (Siamese) condition encoder
     plw_hidden: int = 8      # [1, 4096]; hidden channels of each Patch-Level Weighting module
-    # Feed the Siamese encoder [image, image - GaussianBlur(image)] (issue 6): the Ref's detail
+    # Feed the Siamese encoder [image, image - GaussianBlur(image)]: the Ref's detail
     # layer is then directly comparable to the residual the flow generates.
     cond_highpass: bool = False
-    # How the Ref is aligned to the upsampled LR before tokenising (issue 6): "global" (one
+    # How the Ref is aligned to the upsampled LR before tokenising: "global" (one
     # shift + colour matching) or "local" (then a dense block-matching warp).
     ref_align: str = "global"
     # Add the per-pixel matching confidence (block NCC of Ref and upsampled LR) to the Ref
@@ -171,13 +171,13 @@ def parse_json_object(text: str, what: str) -> dict:
     return data
 
 
-# Presets for `train-refsr --config`. small: the shipped CPU model; base/large: GPU training.
+# Presets for `train-refsr --config`. medium-match: the shipped CPU model; small: the previous
+# shipped model's shape (its checkpoints carry their own config); base/large: GPU training.
 PRESETS = {
     "small": DSDiTConfig(cond_highpass=True),  # ~0.1M parameters: ~40 min on one CPU core
-    # small + issue 6's matching aids: local alignment, confidence tokens, null-Ref weak path
-    "small-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
-                               weak_ref="null"),
-    # issue 14: small-match 6x wider/deeper, predicting x1 (one-step conditional-mean estimate)
+    # 655k parameters, predicting x1 (the one-step conditional-mean estimate), with the matching aids:
+    # the locally aligned Ref, its matching-confidence tokens, and the upsampled LR as a null Ref for
+    # the weak (no-Ref) path
     "medium-match": DSDiTConfig(cond_highpass=True, ref_align="local", ref_confidence=True,
                                 weak_ref="null", predict="x1", dim=64, depth=4, heads=4,
                                 encoder_depth=4, plw_hidden=16),

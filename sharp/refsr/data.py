@@ -6,7 +6,7 @@ random aligned crops with the same flip/rot90 applied to HR, upsampled LR and Re
 
 Real Refs are aligned to the upsampled LR once at load time (`align_reference`, as at
 inference), which also gives their matching-confidence map. With probability
-`synthetic_ref_prob` a crop's Ref is instead synthesised from the HR (issue 6): a shifted and
+`synthetic_ref_prob` a crop's Ref is instead synthesised from the HR: a shifted and
 slightly warped HR crop with colour/season-like changes, blur and occluding patches from
 elsewhere, then colour-matched (and, with align "local", aligned) to the upsampled LR. These
 pairs teach the Ref branch to find and copy matching texture, which 80 real triplets do not
@@ -138,7 +138,7 @@ class RefSRDataset(torch.utils.data.Dataset):
     synthetic_ref_prob); "conf" [1, crop, crop] (the Ref's matching confidence); plus
     "synthetic" (bool). align: "global" or "local" (see registration.align_reference).
 
-    ref_as_target (issue 14): every Ref is a high-resolution image too, so each triplet also
+    ref_as_target: every Ref is a high-resolution image too, so each triplet also
     gives the pair target = Ref, LR = rrssrd_degrade(Ref), Ref = the HR of the same place
     (aligned the same way): twice the training targets."""
 

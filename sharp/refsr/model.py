@@ -90,8 +90,10 @@ class DSDiTBlock(nn.Module):
         """x, c_*: [B, H, W, D]; temb: [B, D]; ref_on: [B] bool (False = Ref dropped, w = 1).
 
         Returns (x, w) with w [B, H, W, 1] or None when no Ref is given."""
-        s1, g1, b1, s2, g2, b2 = self.ada(F.silu(temb)).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), s1, g1)
+        # adaLN-zero: shift, scale and gate of the attention and of the MLP sub-layer, from t
+        (shift_attn, scale_attn, gate_attn,
+         shift_mlp, scale_mlp, gate_mlp) = self.ada(F.silu(temb)).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift_attn, scale_attn)
         h_lr, h_ref = self.attn(h, c_lr, c_ref)
         if c_ref is None:
             w, mix = None, h_lr
@@ -100,8 +102,8 @@ class DSDiTBlock(nn.Module):
             if ref_on is not None:
                 w = torch.where(ref_on[:, None, None, None], w, torch.ones_like(w))
             mix = fuse(w, h_lr, h_ref)
-        x = x + b1[:, None, None] * mix
-        x = x + b2[:, None, None] * self.mlp(modulate(self.norm2(x), s2, g2))
+        x = x + gate_attn[:, None, None] * mix
+        x = x + gate_mlp[:, None, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x, w
 
 

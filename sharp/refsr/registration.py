@@ -1,4 +1,4 @@
-"""Cheap coarse registration of the Ref to the upsampled LR (issue 6).
+"""Registration of the Ref to the upsampled LR: coarse (one shift + colour) and local (block matching).
 
 RRSSRD references are another date of the same place: misaligned by a few pixels and with
 different colours. Before tokenising, we
@@ -165,8 +165,8 @@ def _median3(x: torch.Tensor) -> torch.Tensor:
 
 def local_flow(fixed: torch.Tensor, moving: torch.Tensor, block: int = 16, radius: int = 8,
                cancel: Optional[Callable[[], None]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense displacement field by block matching (issue 6: the Ref is misaligned by a few
-    pixels, differently in different places, e.g. parallax of tall buildings).
+    """Dense displacement field by block matching (the Ref is misaligned by a few pixels,
+    differently in different places, e.g. parallax of tall buildings).
 
     fixed, moving: [B, 1, H, W] grey at the same resolution. Returns (flow [B, 2, H, W] in pixels,
     (dy, dx) such that moving(p + flow(p)) matches fixed(p); confidence [B, 1, H, W], the

@@ -131,11 +131,89 @@ def _quiet(_msg: str) -> None:
 def lr_at(step: int, steps: int, base: float, warmup: int = 200, time_frac: float = 0.0) -> float:
     """Linear warm-up then cosine decay to 10% of the base learning rate. With a time budget,
     time_frac (elapsed / budget) advances the decay when it is ahead of step / steps, so a run
-    cut short by --max-minutes still ends annealed."""
+    cut short by --max-minutes still ends annealed (but then depends on the machine's speed:
+    bound reproducible runs by steps)."""
     if step < warmup:
         return base * (step + 1) / warmup
     frac = max((step - warmup) / max(1, steps - warmup), time_frac)
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def ema_update(ema: DSDiT, model: DSDiT, step: int, decay: float) -> None:
+    """ema <- d ema + (1 - d) model with d = min(decay, (1 + step) / (10 + step)): the warm-up
+    lets the early EMA follow the fast-moving weights."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - d)
+
+
+def time_budget(dist: DataParallel, t_start: float, max_minutes: float, step: int) -> tuple[float, bool]:
+    """(elapsed share of the --max-minutes budget, stop now?); (0, False) without a budget. Rank
+    0's clock decides, so all ranks agree."""
+    elapsed = time.time() - t_start
+    frac, stop = dist.agree([elapsed / (60 * max_minutes) if max_minutes else 0.0,
+                             float(step > 0 and max_minutes and elapsed > 60 * max_minutes)])
+    return frac, bool(stop)
+
+
+def train_step(net, model: DSDiT, opt, space: WorkingSpace, dataset: RefSRDataset, generator,
+               dist: DataParallel, batch: int, crop: int, ref_drop: float, t0_prob: float,
+               autocast) -> float:
+    """One optimizer step on one global batch: crops, Ref dropout, noise and times are drawn from
+    `generator` in that order (the same on every rank), each rank trains its slice. Returns the
+    loss averaged over ranks."""
+    cfg, device = model.cfg, dist.device
+    full = dataset.batch(batch, generator)              # the same global batch on every rank
+    ref_on = torch.rand(batch, generator=generator) >= ref_drop
+    cells = crop // (cfg.unit // cfg.patch)              # working-grid side of a crop
+    x0, t = flow_noise((batch, cfg.in_channels, cells, cells), generator, t0_prob)
+    part = dist.slice(batch)
+    b = {k: v[part].to(device) for k, v in full.items()}
+    with torch.no_grad():
+        up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
+        x1 = space.target(space.encode(b["hr"]), up_z)
+    with autocast:
+        loss = flow_loss(net, x1, up_z, ref_z, ref_on[part].to(device), ref_conf=b["conf"],
+                         noise=(x0[part], t[part]))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return dist.mean(float(loss.detach()))
+
+
+def validation_record(ema: DSDiT, items: list[dict], vae: Optional[LatentCodec]) -> tuple[dict, str]:
+    """Validation PSNR of the first and last sampling candidates -> (record fields, log text)."""
+    (n0, t0), (n1, t1) = sampling_candidates(ema.cfg)[0], sampling_candidates(ema.cfg)[-1]
+    first = validate(ema, items, steps=n0, temperature=t0, vae=vae)
+    last = validate(ema, items, steps=n1, temperature=t1, vae=vae)
+    text = (f"val PSNR ({n0} steps at temperature {t0} | {n1} at {t1}) "
+            + ", ".join(f"{k} {v:.2f} | {last[k]:.2f}" for k, v in first.items()))
+    return {"val": first, "val_t1": last}, text
+
+
+def final_sampling(ema: DSDiT, val_items: list[dict], data: list, fit_transfer: bool,
+                   vae: Optional[LatentCodec], log: Callable[[str], None]) -> Optional[dict]:
+    """The checkpoint's sampling defaults: (steps, temperature) chosen on the validation crops,
+    and the reference-detail-transfer gain fitted on the training folders (on the CPU)."""
+    sampling = None
+    if val_items:
+        sampling = choose_sampling(ema, val_items, vae)
+        log(f"default sampling: temperature {sampling['temperature']}, steps "
+            f"{sampling.get('steps', 'caller')} (val PSNR by steps,temperature "
+            f"{sampling['val_psnr_by_steps_temperature']})")
+    if fit_transfer:
+        device = next(ema.parameters()).device
+        ema.cpu()
+        fit = fit_ref_transfer(ema, data, scale=ema.cfg.scale,
+                               temperature=sampling["temperature"] if sampling else None,
+                               steps=sampling.get("steps", 20) if sampling else 20, vae=vae)
+        ema.to(device)
+        sampling = dict(sampling or {}, **transfer_defaults(fit))
+        log(f"reference detail transfer gain {fit['ref_transfer']:.4f} "
+            f"({fit['psnr_gain_db']:+.3f} dB on {fit['images']} training images)")
+    return sampling
 
 
 def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val: Optional[str] = None,
@@ -148,6 +226,13 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
           precision: str = "fp32", vae: Optional[LatentCodec] = None) -> dict:
     """Train DS-DiT on RRSSRD-style folders; returns the final info dict.
 
+    Stages: set up (model, EMA, optimizer, resume), then per step the learning rate (lr_at), one
+    optimizer step (train_step), the EMA (ema_update), and every 50 steps a log record with the
+    validation PSNR every val_every steps (validation_record); at the end the sampling defaults
+    (final_sampling) and the files.
+
+    steps bounds the run (the learning rate decays over them); max_minutes optionally stops it
+    earlier (and then also drives the decay: such a run depends on the machine's speed).
     device: "cpu" or e.g. "cuda" (data and RNG stay on the CPU; batches are moved).
     precision: "fp32" or "bf16" (torch.autocast on the device; weights, optimizer and EMA stay
     float32). vae: the LatentCodec of a latent-space config (sharp.refsr.vae.load_vae).
@@ -199,14 +284,13 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     val_items = (load_validation(val, val_count, val_crop, cfg.scale, cfg.ref_align, cfg.unit)
                  if val and dist.main else [])
     net = dist.wrap(model)
-    space_down = cfg.unit // cfg.patch                  # pixels per working-grid cell
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                               enabled=precision == "bf16")
     t_start, losses = time.time(), []
     bar = tqdm(total=steps, initial=info["step"], disable=not progress or not dist.main,
                desc="train-refsr")
 
-    def checkpoint(sampling: dict | None = None):
+    def save(sampling: dict | None = None):
         summary = {"step": info["step"], "last_val": next((h for h in reversed(info["history"])
                                                           if "val" in h), None)}
         extra = {"training": summary}
@@ -219,36 +303,15 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
     model.train()
     while info["step"] < steps:
         step = info["step"]
-        # rank 0's clock decides the time-based decay and the stop, so all ranks agree
-        time_frac, stop = dist.agree([(time.time() - t_start) / (60 * max_minutes)
-                                      if max_minutes else 0.0, float(info["step"] > 0 and max_minutes
-                                      and time.time() - t_start > 60 * max_minutes)])
+        time_frac, stop = time_budget(dist, t_start, max_minutes, step)
         if stop:
-            log(f"time limit of {max_minutes} min reached at step {info['step']}")
+            log(f"time limit of {max_minutes} min reached at step {step}")
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, time_frac=time_frac)
-        full = dataset.batch(batch, generator)              # the same global batch on every rank
-        ref_on = torch.rand(batch, generator=generator) >= ref_drop
-        x0, t = flow_noise((batch, cfg.in_channels, crop // space_down, crop // space_down),
-                           generator, t0_prob)
-        part = dist.slice(batch)
-        b = {k: v[part].to(device) for k, v in full.items()}
-        with torch.no_grad():
-            up_z, ref_z = space.encode(b["up"]), space.encode(b["ref"])
-            x1 = space.target(space.encode(b["hr"]), up_z)
-        with autocast:
-            loss = flow_loss(net, x1, up_z, ref_z, ref_on[part].to(device), ref_conf=b["conf"],
-                             noise=(x0[part], t[part]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-        losses.append(dist.mean(float(loss.detach())))
+        losses.append(train_step(net, model, opt, space, dataset, generator, dist, batch, crop,
+                                 ref_drop, t0_prob, autocast))
+        ema_update(ema, model, step, ema_decay)
         info["step"] = step + 1
         bar.update(1)
         if info["step"] % 50 == 0:
@@ -257,36 +320,19 @@ def train(data: list, out: str | Path, config: str | DSDiTConfig = "small", val:
             losses = []
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if val_items and (info["step"] % val_every == 0 or info["step"] == steps):
-                (n0, t0), (n1, t1) = sampling_candidates(cfg)[0], sampling_candidates(cfg)[-1]
-                rec["val"] = validate(ema, val_items, steps=n0, temperature=t0, vae=vae)
-                rec["val_t1"] = validate(ema, val_items, steps=n1, temperature=t1, vae=vae)
-                log(f"step {info['step']}: loss {rec['loss']:.4f}, val PSNR ({n0} steps at "
-                    f"temperature {t0} | {n1} at {t1}) "
-                    + ", ".join(f"{k} {v:.2f} | {rec['val_t1'][k]:.2f}" for k, v in rec["val"].items()))
+                fields, text = validation_record(ema, val_items, vae)
+                rec.update(fields)
+                log(f"step {info['step']}: loss {rec['loss']:.4f}, {text}")
             info["history"].append(rec)
         if info["step"] % save_every == 0:
-            checkpoint()
+            save()
     bar.close()
     if not dist.main:
         dist.close()
         return info
-    sampling = None
-    if val_items:
-        sampling = choose_sampling(ema, val_items, vae)
+    sampling = final_sampling(ema, val_items, data, fit_transfer, vae, log)
+    if sampling:
         info["sampling_defaults"] = sampling
-        log(f"default sampling: temperature {sampling['temperature']}, steps "
-            f"{sampling.get('steps', 'caller')} (val PSNR by steps,temperature "
-            f"{sampling['val_psnr_by_steps_temperature']})")
-    if fit_transfer:
-        ema.cpu()
-        fit = fit_ref_transfer(ema, data, scale=cfg.scale,
-                               temperature=sampling["temperature"] if sampling else None,
-                               steps=sampling.get("steps", 20) if sampling else 20, vae=vae)
-        ema.to(device)
-        sampling = dict(sampling or {}, **transfer_defaults(fit))
-        info["sampling_defaults"] = sampling
-        log(f"reference detail transfer gain {fit['ref_transfer']:.4f} "
-            f"({fit['psnr_gain_db']:+.3f} dB on {fit['images']} training images)")
-    checkpoint(sampling)
+    save(sampling)
     dist.close()
     return info

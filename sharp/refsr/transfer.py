@@ -1,4 +1,4 @@
-"""Reference detail transfer (issue 6): copy the Ref's aligned detail where it matches.
+"""Reference detail transfer: copy the Ref's aligned detail where it matches.
 
 The network alone barely uses RRSSRD references (another date of the same place: 13-15 dB PSNR
 against the HR, misaligned differently across the image). What a Ref does hold is measured by

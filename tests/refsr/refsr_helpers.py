@@ -13,7 +13,8 @@ from sharp.refsr.model import DSDiT
 
 TINY = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
                    cond_highpass=True)
-# TINY with issue 6's matching options (as in the "small-match" preset)
+# TINY with the Ref-matching options of the shipped "medium-match" preset (local alignment,
+# confidence tokens, null-Ref weak path)
 TINY_MATCH = DSDiTConfig(dim=16, depth=2, heads=2, radius=1, encoder_depth=1, plw_hidden=4,
                          cond_highpass=True, ref_align="local", ref_confidence=True, weak_ref="null")
 # repo root is parents[2] of this file; shared/ sits beside the clone

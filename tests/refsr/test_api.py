@@ -55,7 +55,7 @@ def test_bad_inputs(caplog):
         prepare_inputs(lr[..., 0], ref, 4)
     with pytest.raises(ValueError, match="scale"):
         prepare_inputs(lr, ref, 0)
-    with caplog.at_level("WARNING"):   # logged once (no Python warning: one channel, see issue 16)
+    with caplog.at_level("WARNING"):   # logged once, not also warned: one channel, so ComfyUI shows it once
         _, fixed, _ = prepare_inputs(lr, smooth_image(50, 40, 2), 4)
     assert [r.getMessage() for r in caplog.records if "resizing the Ref" in r.getMessage()]
     assert fixed.shape == (1, 3, 48, 48)

@@ -1,4 +1,4 @@
-"""The across-checkpoint bookkeeping of benchmarks/refsr.py (the issue 6 verdict rests on it)."""
+"""The across-checkpoint bookkeeping of benchmarks/refsr.py (the Ref-effect and seed-spread verdicts rest on it)."""
 import importlib.util
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Local Ref alignment (issue 6): dense block-matching flow, bilinear warp, matching confidence.
+"""Local Ref alignment: dense block-matching flow, bilinear warp, matching confidence.
 
 Expected values come from how the inputs were built (known displacements, identical or
 unrelated images), not from the code under test."""

@@ -1,4 +1,4 @@
-"""Issue 6 model options: the null-Ref weak path (cfg.weak_ref = "null") and the matching
+"""The Ref-matching model options: the null-Ref weak path (cfg.weak_ref = "null") and the matching
 confidence on the Ref tokens (cfg.ref_confidence); plus their route through the API, the data
 and a checkpoint."""
 import json
@@ -78,7 +78,7 @@ def test_euler_sampler_weak_and_strong_use_the_right_conditions():
 
 
 def test_old_config_json_loads_with_the_old_behaviour(tmp_path):
-    """Checkpoints written before issue 6's options (like the shipped one) have no such keys."""
+    """Checkpoints written before these options existed (like the previous shipped one) have no such keys."""
     old = json.loads(TINY.to_json())
     for key in ("ref_align", "ref_confidence", "weak_ref"):
         old.pop(key)
@@ -88,7 +88,8 @@ def test_old_config_json_loads_with_the_old_behaviour(tmp_path):
                        ({"ref_confidence": "yes"}, "true/false")):
         with pytest.raises(ValueError, match=match):
             DSDiTConfig.from_dict(dict(old, **bad))
-    assert PRESETS["small-match"].weak_ref == "null" and PRESETS["small-match"].ref_confidence
+    shipped = PRESETS["medium-match"]     # the shipped preset uses all three options
+    assert (shipped.ref_align, shipped.ref_confidence, shipped.weak_ref) == ("local", True, "null")
 
 
 def test_matching_checkpoint_round_trip_and_api(tmp_path):

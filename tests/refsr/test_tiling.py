@@ -67,9 +67,9 @@ def _untiled(model, lr, ref, steps, seed):
     return space.decode(space.untarget(x1, up_z))[0].permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("cfg", [TINY, MATCH], ids=["small", "small-match"])
+@pytest.mark.parametrize("cfg", [TINY, MATCH], ids=["small", "matching-options"])
 def test_one_tile_equals_untiled_and_small_tiles_have_no_seams(cfg):
-    """small-match also cuts the Ref's matching confidence into the same tiles."""
+    """With the matching options the Ref's matching confidence is cut into the same tiles too."""
     model = randomised(cfg)
     lr, ref = smooth_image(24, 24, 1), smooth_image(96, 96, 2)
     ref_untiled = _untiled(model, lr, ref, steps=3, seed=5)

@@ -1,4 +1,4 @@
-"""Issue 14: the GPU training paths, tested on the CPU: bf16 autocast, torchrun data-parallel
+"""The GPU training paths, tested on the CPU (no GPU here): bf16 autocast, torchrun data-parallel
 (gloo, 2 processes == 1 process with the same global batch) and config files."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference detail transfer (issue 6): formulas of sharp.refsr.transfer, its wiring into
+"""Reference detail transfer: formulas of sharp.refsr.transfer, its wiring into
 super_resolve and the least-squares gain fit of sharp.refsr.calibrate."""
 import json
 

@@ -1,4 +1,4 @@
-"""Issue 14: VAE files for latent-space training (diffusers folder, diffusers single file,
+"""VAE files for latent-space training (diffusers folder, diffusers single file,
 ComfyUI/original LDM single file), with a tiny random AutoencoderKL."""
 from __future__ import annotations
 

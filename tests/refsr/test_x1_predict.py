@@ -1,4 +1,4 @@
-"""Issue 14: x1 (clean-target) parametrisation, the one-step estimate, t = 0 training share,
+"""x1 (clean-target) parametrisation, the one-step estimate, t = 0 training share,
 checkpoint step defaults, the RRSSRD degradation and Ref-as-target training pairs."""
 from __future__ import annotations
 
