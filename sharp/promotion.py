@@ -206,7 +206,13 @@ class StepTime:
         self.extents_from_latent = bool(extents_from_latent and family is not None)
 
     def __call__(self, executor, x, t, *args, **kwargs):
-        base_model = getattr(executor, "class_obj", None)
+        options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None)
+        self.sync(getattr(executor, "class_obj", None), x, t, options)
+        return executor(x, t, *args, **kwargs)
+
+    def sync(self, base_model, x, t, transformer_options=None) -> "sharp.RoPEEmbedder":
+        """Set time and extents, for latent x at sigma t, on the embedder base_model runs with; return it.
+        Also called before a ControlNet runs (`sharp.controlnet.ControlNetRoPE`)."""
         sampling = getattr(base_model, "model_sampling", None)
         sigma_max = getattr(sampling, "sigma_max", 1.0)
         time = normalised_time(t, sigma_max)
@@ -217,10 +223,10 @@ class StepTime:
         if self.extents_from_latent:
             extents = self.family.extents_from_x(x)
             if self.family.rope_options:
-                options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
+                options = transformer_options or {}
                 extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
             target.set_extents(extents)
-        return executor(x, t, *args, **kwargs)
+        return target
 
 
 class DeepcloneOwnEmbedder:
@@ -231,10 +237,12 @@ class DeepcloneOwnEmbedder:
     cache) from its own thread. The clone gets a copy of the embedder in its object patch and a new
     StepTime wrapper bound to it."""
 
-    def __init__(self, family: families.Family, apply_model_wrapper: str, extents_from_latent: bool = True):
+    def __init__(self, family: families.Family, apply_model_wrapper: str, extents_from_latent: bool = True,
+                 calc_cond_batch_wrapper: str | None = None):
         self.family = family
         self.apply_model_wrapper = apply_model_wrapper
         self.extents_from_latent = extents_from_latent
+        self.calc_cond_batch_wrapper = calc_cond_batch_wrapper
 
     def __call__(self, source, clone):
         import copy
@@ -247,6 +255,12 @@ class DeepcloneOwnEmbedder:
         clone.add_object_patch(path, own)
         clone.remove_wrappers_with_key(self.apply_model_wrapper, PATCH_KEY)
         clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family, self.extents_from_latent))
+        if self.calc_cond_batch_wrapper is not None:
+            from sharp.controlnet import ControlNetRoPE
+
+            clone.remove_wrappers_with_key(self.calc_cond_batch_wrapper, PATCH_KEY)
+            clone.add_wrapper_with_key(self.calc_cond_batch_wrapper, PATCH_KEY,
+                                       ControlNetRoPE(StepTime(own, self.family, self.extents_from_latent)))
 
 
 class ResolutionShift:
@@ -307,7 +321,8 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
             beta: tuple = (1.25, 0.75), gamma: tuple = (16.0, 2.0), mscale: bool = True,
             noise_shift: str = "sharp", family: str = AUTO, extents_from_latent: bool = True,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
-            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = ()):
+            make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = (),
+            calc_cond_batch_wrapper: str | None = None):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
     family: "auto" (detect) or a family name (`FAMILY_CHOICES`). base_resolution: px, 0 = the family's.
@@ -316,6 +331,8 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     changes a ModelSamplingFlux schedule). deepclone_callbacks: ComfyUI's CallbacksMP names called when the
     patcher is deep-cloned onto another device (ON_DEEPCLONE_MULTIGPU, ON_MATCH_MULTIGPU_CLONES; empty
     where this ComfyUI has none): each clone then owns its embedder (`DeepcloneOwnEmbedder`).
+    calc_cond_batch_wrapper: ComfyUI's WrappersMP.CALC_COND_BATCH name: ControlNets then run with the model's
+    promoted RoPE, time and extents (`sharp.controlnet.ControlNetRoPE`); None: no ControlNet handling.
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
     fam = detect(model, family)
@@ -338,6 +355,12 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
     patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam, extents_from_latent))
+    if calc_cond_batch_wrapper is not None:
+        from sharp.controlnet import ControlNetRoPE
+
+        patched.remove_wrappers_with_key(calc_cond_batch_wrapper, PATCH_KEY)
+        patched.add_wrapper_with_key(calc_cond_batch_wrapper, PATCH_KEY,
+                                     ControlNetRoPE(StepTime(embedder, fam, extents_from_latent)))
     if noise_shift != "keep":  # "keep" keeps the schedule the model came with, an earlier promotion's too
         patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
@@ -347,5 +370,6 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     for callback in deepclone_callbacks:
         patched.remove_callbacks_with_key(callback, PATCH_KEY)
         patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
-                                                                                extents_from_latent))
+                                                                                extents_from_latent,
+                                                                                calc_cond_batch_wrapper))
     return patched

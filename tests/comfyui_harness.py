@@ -282,15 +282,23 @@ def tiny_family_patcher(name: str, seed: int = 0, **config):
     config_name, unet_config, channels, _, _ = TINY_FAMILIES[name]
     config = getattr(sm, config_name)(_filter_params(name, dict(unet_config, **config)))
     model = config.get_model({})
+    randomise(model.diffusion_model, seed)
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device), channels
+
+
+def randomise(module, seed: int = 0):
+    """Small random weights in place (norm scales near 1), as every tiny model here gets."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for pname, p in model.diffusion_model.named_parameters():
+        for pname, p in module.named_parameters():
             if pname.endswith(("scale", "norm.weight", "norm1.weight", "norm2.weight")) or "norm" in pname.split(".")[-2:][0]:
                 p.copy_(torch.ones_like(p) + 0.05 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device), channels
+    return module
 
 
 def family_conditioning(name: str, seed: int = 1, tokens: int = 8):
