@@ -210,6 +210,10 @@ TINY_FAMILIES = {
                             num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
                             axes_dim_rope=[40, 40, 40], axes_lens=[300, 512, 512], instruction_feat_dim=64,
                             timestep_scale=1000.0), 16, 64, None),
+    # ErnieImage: one head of 32 + 48 + 48 = 128 (its split-half pos_embed, theta 256), the Flux2 latent, patch 1
+    "ErnieImage": ("ErnieImage", dict(image_model="ernie", hidden_size=128, num_attention_heads=1, num_layers=1,
+                                      ffn_hidden_size=256, in_channels=128, out_channels=128, patch_size=1,
+                                      text_in_dim=64), 128, 64, None),
 }
 HIDREAM_LLAMA_LAYERS = 2  # layers of the (fake) Llama hidden states in conditioning_llama3
 
@@ -257,7 +261,7 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     import comfy.ldm.omnigen.omnigen2
     import comfy.ldm.qwen_image.model
 
-    if name in ("Krea 2", "Lens", "MageFlow", "Boogu"):  # configs written from 0.33's signatures, no extra keys
+    if name in ("Krea 2", "Lens", "MageFlow", "Boogu", "ErnieImage"):  # configs written from 0.33's signatures, no extra keys
         return unet_config
     cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
            "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel,
