@@ -52,7 +52,7 @@ class ResolutionPromotion(io.ComfyNode):
                 io.Model.Input("model", tooltip="A multi-axis RoPE DiT: Flux.1 (dev/schnell/Krea/Kontext/Fill, RS-FLUX), "
                                                "Flux.2, Ovis-Image, Chroma, Chroma Radiance, Qwen-Image, Z-Image, "
                                                "Lumina 2, HunyuanImage 2.1, HiDream, OmniGen2, LongCat-Image, Krea 2, "
-                                               "Lens, Mage-Flow or Boogu. SD1.5/SDXL/SD3 have no RoPE to promote."),
+                                               "Lens, Mage-Flow, Boogu or ERNIE-Image. SD1.5/SDXL/SD3 have no RoPE to promote."),
                 io.Combo.Input(
                     "method", options=list(promotion.METHOD_CHOICES), default="sharp",
                     tooltip=(
@@ -65,7 +65,7 @@ class ResolutionPromotion(io.ComfyNode):
                     "base_resolution", default=promotion.FAMILY_DEFAULT, min=0, max=8192, step=16,
                     tooltip="Training resolution of the model in pixels; 0 = the detected family's own (Flux.1, "
                             "RS-FLUX, Flux.2, Chroma, Z-Image, Lumina 2, HiDream, OmniGen2, LongCat-Image, Krea 2, "
-                            "Mage-Flow, Boogu: 1024; Qwen-Image: 1328; Lens: 1440; HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
+                            "Mage-Flow, Boogu, ERNIE-Image: 1024; Qwen-Image: 1328; Lens: 1440; HunyuanImage 2.1: 2048). Axes at or below it are left exactly as stock RoPE.",
                 ),
                 io.Float.Input(
                     "alpha_s", default=4.0, min=1.0, max=64.0, step=0.1,
