@@ -90,7 +90,7 @@ def hint_for(name, ch, hw, seed=5):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def sample(H, patcher, name, ch, control, seed=0, cfg=2.0):
+def sample(H, patcher, name, ch, control, seed=0, cfg=2.0, denoise=1.0):
     """STEPS euler steps at ABOVE with `control` on the positive and negative conds (one copy, as ComfyUI's
     Apply ControlNet node does); cfg 2 so cond and uncond run through the ControlNet together."""
     import torch
@@ -106,7 +106,7 @@ def sample(H, patcher, name, ch, control, seed=0, cfg=2.0):
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     comfy = H.import_comfy()
     return comfy.sample.sample(patcher, noise, STEPS, cfg, "euler", "simple", pos, neg, torch.zeros_like(noise),
-                               disable_pbar=True, seed=seed)
+                               denoise=denoise, disable_pbar=True, seed=seed)
 
 
 def spy_pe(module, block, keyword, log, emb=None):
