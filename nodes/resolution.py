@@ -133,6 +133,7 @@ class ResolutionPromotion(io.ComfyNode):
             family=family,
             apply_model_wrapper=comfy.patcher_extension.WrappersMP.APPLY_MODEL,
             outer_sample_wrapper=comfy.patcher_extension.WrappersMP.OUTER_SAMPLE,
+            calc_cond_batch_wrapper=comfy.patcher_extension.WrappersMP.CALC_COND_BATCH,
             make_flux_sampling=_flux_sampling_factory(model),
             deepclone_callbacks=_deepclone_callbacks(),
         )

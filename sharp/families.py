@@ -39,6 +39,7 @@ class Family:
     params: tuple = ()        # ((name, value), ...) that diffusion_model.params must have (tells Flux-class rows apart)
     head_axis: int = 1        # where the family's embedder puts the singleton head dim: 1 = EmbedND's
                               # [B, 1, L, ...]; 2 = [B, L, 1, ...] (HiDream's own EmbedND, unsqueeze(2))
+    layout: str = "embednd"   # "split_half": ErnieImage's own frequencies and blocks (sharp/split_half.py)
 
     @property
     def base_len(self) -> float:
@@ -198,6 +199,16 @@ FAMILIES = (
            "supported_models.Boogu(Omnigen2): Flux latent (/8), patch 2, ModelType.FLOW shift 3.16 (fixed). Base "
            "1024 px (not stated in ComfyUI's source).",
            latent_px=8),
+    Family("ErnieImage", ("ErnieImageModel",), "pos_embed", (32, 48, 48), 256.0, (1, 2), None, "max", "latent", 1024,
+           16, "0.28.0",
+           "comfy/ldm/ernie/model.py: pos_embed = ErnieImageEmbedND3(theta 256, rope_axes_dim (32, 48, 48)), head dim "
+           "128: frequencies 1 / theta^(arange(0, d, 2) / d) turned into split-half blocks for comfy-kitchen's "
+           "rms_rope_split_half (0.33; apply_rope_split_half in 0.28), output [B, L, 1, 64, 2, 2] (layout "
+           "'split_half', head_axis 2); forward: image ids (text length T + shift_t, row, col) on the unpadded patch-1 "
+           "grid with rope_options scale/shift, then text k at (k, 0, 0); so the extents come from the latent. "
+           "supported_models.ErnieImage: latent_formats.Flux2 (/16, 128 channels), patch 1; ModelType.FLOW, shift 3 "
+           "(fixed). Base 1024 px (not stated in ComfyUI's source).",
+           latent_px=16, rope_options=True, head_axis=2, layout="split_half"),
 )
 
 NOT_SUPPORTED_HINT = ("SD1.x, SDXL and SD3 have no multi-axis RoPE (learned or sinusoidal 2-D positions), so "
@@ -211,11 +222,6 @@ class UnsupportedModelError(ValueError):
 # Image models with multi-axis RoPE that SHARP cannot patch correctly (read from ComfyUI 0.33.0): class name ->
 # (model, why). Detection refuses them by name instead of guessing from constants.
 NOT_PATCHABLE = {
-    "ErnieImageModel": ("ErnieImage",
-                        "its pos_embed (ErnieImageEmbedND3) turns frequencies arange(0, d, 2) / d (not EmbedND's "
-                        "linspace; they differ in the last bits on its 48-dim axes) into split-half rotation blocks "
-                        "for comfy-kitchen's rms_rope_split_half; SHARP's embedder returns EmbedND's interleaved "
-                        "layout, so replacing it would rotate the wrong channel pairs"),
     "Ideogram4Transformer2DModel": ("Ideogram 4",
                                     "its interleaved mRoPE (Qwen-VL style, theta 5e6, sections (24, 20, 20)) is "
                                     "computed inline in forward from position ids; there is no embedder to replace"),
@@ -347,6 +353,7 @@ def build_embedder(family: Family, method: str = "sharp", base_resolution: int |
     theta / axes_dim, the model's own embedder constants, override the row's: a fine-tune or a family
     picked by override keeps its own frequencies, with the row's layout; params: the method's constants)."""
     from sharp.embedder import RoPEEmbedder
+    from sharp.split_half import SplitHalfRoPEEmbedder
 
     kwargs = family.embedder_kwargs()
     if theta is not None:
@@ -357,4 +364,5 @@ def build_embedder(family: Family, method: str = "sharp", base_resolution: int |
         kwargs["axes_dim"] = tuple(int(d) for d in axes_dim)
     if base_resolution is not None:
         kwargs["base_len"] = rope.base_len_from_resolution(base_resolution, family.px_per_token)
-    return RoPEEmbedder(method=method, params=params, **kwargs)
+    cls = SplitHalfRoPEEmbedder if family.layout == "split_half" else RoPEEmbedder
+    return cls(method=method, params=params, **kwargs)

@@ -178,17 +178,23 @@ class StepTime:
         self.family = family
 
     def __call__(self, executor, x, sigma, *args, **kwargs):
-        base_model = getattr(executor, "class_obj", None)
+        options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None)
+        self.sync(getattr(executor, "class_obj", None), x, sigma, options)
+        return executor(x, sigma, *args, **kwargs)
+
+    def sync(self, base_model, x, sigma, transformer_options=None) -> "sharp.RoPEEmbedder":
+        """Set time and extents, for latent x at noise level sigma, on the embedder base_model runs with;
+        return it. Also called before a ControlNet runs (`sharp.controlnet.ControlNetRoPE`)."""
         sigma_max = getattr(getattr(base_model, "model_sampling", None), "sigma_max", 1.0)
         live = families.get_path(getattr(base_model, "diffusion_model", None), self.family.embedder_attr)
         target = live if isinstance(live, sharp.RoPEEmbedder) else self.embedder
         target.set_time(rope.normalised_time(sigma, sigma_max))  # sigma -> t, checked and clamped (the boundary)
         extents = self.family.extents_from_x(x)
         if self.family.rope_options:
-            options = kwargs.get("transformer_options", args[3] if len(args) > 3 else None) or {}
+            options = transformer_options or {}
             extents = rope_options_extents(extents, self.family.spatial_axes, options.get("rope_options"))
         target.set_extents(extents)
-        return executor(x, sigma, *args, **kwargs)
+        return target
 
 
 class DeepcloneOwnEmbedder:
@@ -199,9 +205,10 @@ class DeepcloneOwnEmbedder:
     cache) from its own thread. The clone gets a copy of the embedder in its object patch and a new
     StepTime wrapper bound to it."""
 
-    def __init__(self, family: families.Family, apply_model_wrapper: str):
+    def __init__(self, family: families.Family, apply_model_wrapper: str, calc_cond_batch_wrapper: str | None = None):
         self.family = family
         self.apply_model_wrapper = apply_model_wrapper
+        self.calc_cond_batch_wrapper = calc_cond_batch_wrapper
 
     def __call__(self, source, clone):
         import copy
@@ -214,6 +221,12 @@ class DeepcloneOwnEmbedder:
         clone.add_object_patch(path, own)
         clone.remove_wrappers_with_key(self.apply_model_wrapper, PATCH_KEY)
         clone.add_wrapper_with_key(self.apply_model_wrapper, PATCH_KEY, StepTime(own, self.family))
+        if self.calc_cond_batch_wrapper is not None:
+            from sharp.controlnet import ControlNetRoPE
+
+            clone.remove_wrappers_with_key(self.calc_cond_batch_wrapper, PATCH_KEY)
+            clone.add_wrapper_with_key(self.calc_cond_batch_wrapper, PATCH_KEY,
+                                       ControlNetRoPE(StepTime(own, self.family)))
 
 
 class ResolutionShift:
@@ -273,7 +286,7 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
             family: str = AUTO,
             apply_model_wrapper: str = "apply_model", outer_sample_wrapper: str = "outer_sample",
             make_flux_sampling: Callable[[float], object] | None = None, deepclone_callbacks: tuple[str, ...] = (),
-            **params):
+            calc_cond_batch_wrapper: str | None = None, **params):
     """Return a promoted clone of `model` (a ComfyUI ModelPatcher or a stand-in); `model` is untouched.
 
     params: the method's constants, fields of `sharp.rope.RoPEParams` (alpha_s, beta, gamma, mscale, ...);
@@ -284,6 +297,8 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     changes a ModelSamplingFlux schedule). deepclone_callbacks: ComfyUI's CallbacksMP names called when the
     patcher is deep-cloned onto another device (ON_DEEPCLONE_MULTIGPU, ON_MATCH_MULTIGPU_CLONES; empty
     where this ComfyUI has none): each clone then owns its embedder (`DeepcloneOwnEmbedder`).
+    calc_cond_batch_wrapper: ComfyUI's WrappersMP.CALC_COND_BATCH name: ControlNets then run with the model's
+    promoted RoPE, time and extents (`sharp.controlnet.ControlNetRoPE`); None: no ControlNet handling.
     """
     check_choice("noise_shift", noise_shift, NOISE_SHIFTS)
     params = rope.RoPEParams.from_kwargs(**params)
@@ -307,6 +322,12 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
     patched.add_object_patch(embedder_path(fam), embedder)
     patched.remove_wrappers_with_key(apply_model_wrapper, PATCH_KEY)
     patched.add_wrapper_with_key(apply_model_wrapper, PATCH_KEY, StepTime(embedder, fam))
+    if calc_cond_batch_wrapper is not None:
+        from sharp.controlnet import ControlNetRoPE
+
+        patched.remove_wrappers_with_key(calc_cond_batch_wrapper, PATCH_KEY)
+        patched.add_wrapper_with_key(calc_cond_batch_wrapper, PATCH_KEY,
+                                     ControlNetRoPE(StepTime(embedder, fam)))
     if noise_shift != "keep":  # "keep" keeps the schedule the model came with, an earlier promotion's too
         patched.remove_wrappers_with_key(outer_sample_wrapper, PATCH_KEY)
     if mu is not None:
@@ -315,5 +336,6 @@ def promote(model, *, method: str = "sharp", base_resolution: int = FAMILY_DEFAU
         patched.add_wrapper_with_key(outer_sample_wrapper, PATCH_KEY, ResolutionShift(mu, fam.latent_px))
     for callback in deepclone_callbacks:
         patched.remove_callbacks_with_key(callback, PATCH_KEY)
-        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper))
+        patched.add_callback_with_key(callback, PATCH_KEY, DeepcloneOwnEmbedder(fam, apply_model_wrapper,
+                                                                                calc_cond_batch_wrapper))
     return patched

@@ -109,6 +109,7 @@ class CONST:
 
 class WrappersMP:
     OUTER_SAMPLE = "outer_sample"
+    CALC_COND_BATCH = "calc_cond_batch"
     APPLY_MODEL = "apply_model"
     DIFFUSION_MODEL = "diffusion_model"
 
@@ -396,6 +397,11 @@ CORE_OBJECT_INFO = {
     "BasicGuider": _core([("model", "MODEL"), ("conditioning", "CONDITIONING")], ["GUIDER"]),
     "SamplerCustomAdvanced": _core([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
                                     ("sigmas", "SIGMAS"), ("latent_image", "LATENT")], ["LATENT", "LATENT"]),
+    # two-pass hires fix (example_workflows/hires_fix_two_pass.json)
+    "LatentUpscaleBy": _core([("samples", "LATENT"), ("upscale_method", "COMBO"),
+                              ("scale_by", "FLOAT", {"min": 0.01, "max": 8.0})], ["LATENT"]),
+    "SplitSigmasDenoise": _core([("sigmas", "SIGMAS"), ("denoise", "FLOAT", {"min": 0.0, "max": 1.0})],
+                                ["SIGMAS", "SIGMAS"]),
 }
 
 # Core nodes of the per-family workflows (workflows/family_*.json). Kept apart from CORE_OBJECT_INFO because

@@ -210,6 +210,10 @@ TINY_FAMILIES = {
                             num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
                             axes_dim_rope=[40, 40, 40], axes_lens=[300, 512, 512], instruction_feat_dim=64,
                             timestep_scale=1000.0), 16, 64, None),
+    # ErnieImage: one head of 32 + 48 + 48 = 128 (its split-half pos_embed, theta 256), the Flux2 latent, patch 1
+    "ErnieImage": ("ErnieImage", dict(image_model="ernie", hidden_size=128, num_attention_heads=1, num_layers=1,
+                                      ffn_hidden_size=256, in_channels=128, out_channels=128, patch_size=1,
+                                      text_in_dim=64), 128, 64, None),
 }
 HIDREAM_LLAMA_LAYERS = 2  # layers of the (fake) Llama hidden states in conditioning_llama3
 
@@ -257,7 +261,7 @@ def _filter_params(name: str, unet_config: dict) -> dict:
     import comfy.ldm.omnigen.omnigen2
     import comfy.ldm.qwen_image.model
 
-    if name in ("Krea 2", "Lens", "MageFlow", "Boogu"):  # configs written from 0.33's signatures, no extra keys
+    if name in ("Krea 2", "Lens", "MageFlow", "Boogu", "ErnieImage"):  # configs written from 0.33's signatures, no extra keys
         return unet_config
     cls = {"Qwen-Image": comfy.ldm.qwen_image.model.QwenImageTransformer2DModel,
            "HiDream": comfy.ldm.hidream.model.HiDreamImageTransformer2DModel,
@@ -282,15 +286,23 @@ def tiny_family_patcher(name: str, seed: int = 0, **config):
     config_name, unet_config, channels, _, _ = TINY_FAMILIES[name]
     config = getattr(sm, config_name)(_filter_params(name, dict(unet_config, **config)))
     model = config.get_model({})
+    randomise(model.diffusion_model, seed)
+    device = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device), channels
+
+
+def randomise(module, seed: int = 0):
+    """Small random weights in place (norm scales near 1), as every tiny model here gets."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for pname, p in model.diffusion_model.named_parameters():
+        for pname, p in module.named_parameters():
             if pname.endswith(("scale", "norm.weight", "norm1.weight", "norm2.weight")) or "norm" in pname.split(".")[-2:][0]:
                 p.copy_(torch.ones_like(p) + 0.05 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    device = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device), channels
+    return module
 
 
 def family_conditioning(name: str, seed: int = 1, tokens: int = 8):

@@ -137,7 +137,38 @@ def family_ids(name, h, w, txt=6):
     if name == "Boogu":  # OmniGen2RotaryPosEmbed, as OmniGen2
         text = torch.arange(txt, dtype=torch.float32)[:, None].repeat(1, 3)
         return torch.cat([text, torch.stack([torch.full((n,), float(txt)), r, c], -1)])[None]
+    if name == "ErnieImage":  # comfy/ldm/ernie/model.py forward: image (T, row, col) first, then text k at (k, 0, 0)
+        text = torch.zeros(txt, 3)
+        text[:, 0] = torch.arange(txt, dtype=torch.float32)
+        return torch.cat([torch.stack([torch.full((n,), float(txt)), r, c], -1), text])[None]
     raise AssertionError(name)
+
+
+def ernie_embed_nd3(ids, axes_dim, theta):
+    """ErnieImageEmbedND3 (comfy/ldm/ernie/model.py) re-derived: per axis cos / sin of pos * theta^(-arange(0, d, 2)
+    / d) in float64, concatenated; block n = [[cos_{n//2}, -sin_{n//2}], [sin_{N/2+n//2}, cos_{N/2+n//2}]];
+    [B, L, 1, N, 2, 2] float32."""
+    ang = torch.cat([ids[..., i].double()[..., None] / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+                     for i, d in enumerate(axes_dim)], -1)  # [B, L, N]
+    cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
+    n = ang.shape[-1]
+    top, bot = torch.arange(n) // 2, n // 2 + torch.arange(n) // 2
+    rot = torch.stack([cos[..., top], -sin[..., top], sin[..., bot], cos[..., bot]], -1)
+    return rot.reshape(*rot.shape[:-1], 2, 2).unsqueeze(2)
+
+
+def by_axis(f, out, axis):
+    """The entries of an embedder output that depend on `axis` only: EmbedND layout, the axis' blocks; ErnieImage's
+    split-half layout, the axis' (cos, sin) pairs read back from its blocks."""
+    ch = channel_ranges(f)[axis]
+    if f.layout != "split_half":
+        return out[..., ch, :, :]
+    n = out.shape[-3]
+    k = torch.arange(n // 2)
+    top = torch.stack([out[..., 2 * k, 0, 0], -out[..., 2 * k, 0, 1]], -1)  # frequencies 0 .. N/2 - 1
+    bot = torch.stack([out[..., 2 * k, 1, 1], out[..., 2 * k, 1, 0]], -1)  # N/2 .. N - 1
+    assert torch.equal(out[..., 2 * k, :, :], out[..., 2 * k + 1, :, :])  # each block twice
+    return torch.cat([top, bot], -2)[..., ch, :]
 
 
 def hidream_embed_nd(ids, axes_dim, theta):
@@ -151,6 +182,8 @@ def stock(f, ids):
     """The family's own stock embedder output for ids."""
     if f.name == "HiDream":
         return hidream_embed_nd(ids, f.axes_dim, f.theta)
+    if f.name == "ErnieImage":
+        return ernie_embed_nd3(ids, f.axes_dim, f.theta)
     return stock_embed_nd(ids, f.axes_dim, f.theta)
 
 
@@ -181,7 +214,6 @@ def test_base_is_stock_for_every_family(f):
 @pytest.mark.parametrize("f", FAMILIES, ids=lambda f: f.name)
 def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
     L0 = int(f.base_len)
-    ch = channel_ranges(f)
     # taller than the base grid, narrower than it: only the height axis is promoted
     h, w = 2 * L0, L0 - 3
     ids = family_ids(f.name, h, w)
@@ -190,11 +222,11 @@ def test_sharp_changes_only_spatial_axes_and_only_above_the_base_grid(f):
     assert out.shape == want.shape
     height, width = f.spatial_axes
     assert emb.axis_scales() == pytest.approx({height: h / f.base_len, width: w / f.base_len})
-    assert not torch.equal(out[..., ch[height], :, :], want[..., ch[height], :, :])
-    assert torch.equal(out[..., ch[width], :, :], want[..., ch[width], :, :])
+    assert not torch.equal(by_axis(f, out, height), by_axis(f, want, height))
+    assert torch.equal(by_axis(f, out, width), by_axis(f, want, width))
     for a in range(len(f.axes_dim)):
         if a not in f.spatial_axes:
-            assert torch.equal(out[..., ch[a], :, :], want[..., ch[a], :, :])
+            assert torch.equal(by_axis(f, out, a), by_axis(f, want, a))
     # at the base grid nothing changes at all
     ids = family_ids(f.name, L0, L0)
     emb = prepared(f, "sharp", ids, L0, L0)
@@ -293,3 +325,19 @@ def test_subclasses_and_compiled_models_are_detected():
     assert detect_family(chroma()).name == "Chroma"
     compiled = type("OptimizedModule", (), {"_orig_mod": radiance()})()  # torch.compile wrapper
     assert detect_family(compiled).name == "Chroma Radiance"
+
+
+def test_ernie_image_promoted_rotation_matches_the_formulas():
+    """ErnieImage's split-half blocks carry SHARP's frequencies of the numpy re-derivation (on ErnieImage's own
+    arange grid, which differs from EmbedND's only in the last bits) and its mscale, at every position."""
+    f = families.family("ErnieImage")
+    h, w, t = int(2 * f.base_len), int(f.base_len) - 3, 0.6
+    ids = family_ids(f.name, h, w)
+    got = by_axis(f, prepared(f, "sharp", ids, h, w, t)(ids), 1)[0, :, 0].double().numpy()  # [L, 24, (cos, sin)]
+    s = h / f.base_len
+    angle = ids[0, :, 1].double().numpy()[:, None] * np_frequencies(48, f.theta, s, t, "sharp", f.base_len)
+    want = np_mscale(s, "sharp") * np.stack([np.cos(angle), np.sin(angle)], -1)
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert not np.allclose(got, np.stack([np.cos(ids[0, :, 1].double().numpy()[:, None] * np_frequencies(
+        48, f.theta, 1.0, t, "base", f.base_len)), np.sin(ids[0, :, 1].double().numpy()[:, None] * np_frequencies(
+            48, f.theta, 1.0, t, "base", f.base_len))], -1), atol=1e-3)  # and it is promoted

@@ -11,7 +11,7 @@ import sharp
 from sharp import families
 from sharp import promotion as P
 from reference_rope import flux_ids
-from test_families import family_ids
+from test_families import by_axis, ernie_embed_nd3, family_ids
 
 
 def promote(model, **kw):
@@ -196,12 +196,19 @@ def family_patcher(name, txt=5):
     """A fake patcher whose diffusion model is named and built like the family's ComfyUI class, with
     ids as the family builds them (test_families.family_ids, written from the ComfyUI sources)."""
     f = families.family(name)
-    head_axis = 2 if name == "HiDream" else 1  # HiDream's own EmbedND returns [B, L, 1, ...]
+    head_axis = 2 if name in ("HiDream", "ErnieImage") else 1  # their own embedders return [B, L, 1, ...]
     model = cf.family_dit(f.classes[0], f.embedder_attr, f.theta, f.axes_dim,
                           lambda h, w: family_ids(name, h, w, txt), f.px_per_token // f.latent_px, f.txt_ids_dims,
                           head_axis=head_axis, params=f.params)
+    if f.layout == "split_half":  # ErnieImage's own ErnieImageEmbedND3 (re-derived in test_families)
+        model.pos_embed = FakeErnieEmbedND3(f.theta, f.axes_dim)
     sampling = cf.ModelSamplingFlux(shift=f.flux_shift) if f.flux_shift else cf.ModelSamplingDiscreteFlow()
     return cf.FakeModelPatcher(cf.FakeBaseModel(model, sampling))
+
+
+class FakeErnieEmbedND3(cf.FakeEmbedND):
+    def forward(self, ids):
+        return ernie_embed_nd3(ids, self.axes_dim, self.theta)
 
 
 def latent_for(f, scale, batch=1):
@@ -228,15 +235,12 @@ def test_each_family_detected_and_its_own_embedder_patched(f):
     assert emb.axis_scales() == pytest.approx(
         dict(zip(f.spatial_axes, (s_h, s_w))))  # set from the latent by the wrapper, not from the ids
     # only the height axis (above the base grid) changed; every other channel is stock
-    ch, start = {}, 0
-    for a, d in enumerate(f.axes_dim):
-        ch[a], start = slice(start, start + d // 2), start + d // 2
     for r, o in zip(ref, out):
         assert r.shape == o.shape  # the family's own layout (HiDream: [B, L, 1, ...])
-        assert not torch.equal(r[..., ch[f.spatial_axes[0]], :, :], o[..., ch[f.spatial_axes[0]], :, :])
+        assert not torch.equal(by_axis(f, r, f.spatial_axes[0]), by_axis(f, o, f.spatial_axes[0]))
         for a in range(len(f.axes_dim)):
             if a != f.spatial_axes[0]:
-                assert torch.equal(r[..., ch[a], :, :], o[..., ch[a], :, :])
+                assert torch.equal(by_axis(f, r, a), by_axis(f, o, a))
     assert isinstance(families.get_path(model.model.diffusion_model, f.embedder_attr), cf.FakeEmbedND)  # reverted
 
 

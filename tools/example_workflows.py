@@ -55,6 +55,8 @@ SLOTS = {
     "ImageStitch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
     "SHARPSpectrumAnalysis": ([("images", "IMAGE")], [("plot", "IMAGE"), ("table", "STRING")]),
     "PreviewAny": ([("source", "*")], []),
+    "LatentUpscaleBy": ([("samples", "LATENT")], [("LATENT", "LATENT")]),
+    "SplitSigmasDenoise": ([("sigmas", "SIGMAS")], [("high_sigmas", "SIGMAS"), ("low_sigmas", "SIGMAS")]),
 }
 WIDGETS = {
     "SHARPLoadRSFlux": ["folder", "weight_dtype"], "CLIPTextEncode": ["text"], "FluxGuidance": ["guidance"],
@@ -66,6 +68,7 @@ WIDGETS = {
     "SHARPSchedulePreview": ["width", "height", "method", "steps", "base_resolution", "alpha_s"],
     "ImageStitch": ["direction", "match_image_size", "spacing_width", "spacing_color"],
     "SHARPSpectrumAnalysis": ["labels", "cutoff"],
+    "LatentUpscaleBy": ["upscale_method", "scale_by"], "SplitSigmasDenoise": ["denoise"],
 }  # None: a UI-only value (the seed's "control after generate")
 DEFAULT = rope.RoPEParams()
 
@@ -269,6 +272,46 @@ def method_comparison() -> Graph:
     return g
 
 
+HIRES_DENOISE = 0.5  # the second pass re-runs the last half of a 56-step schedule: 28 steps at 2048 px
+
+
+def hires_fix() -> Graph:
+    """Two-pass hires fix: 1024 px on the authors' schedule, the latent upscaled 2x, then the last
+    HIRES_DENOISE of a 28 / HIRES_DENOISE-step schedule at 2048 px with the same promoted model."""
+    g = Graph()
+    ld, fg, noise, smp, sig = _rsflux_front(g, {"loader": (1, 0), "prompt": (1, 1), "guidance": (1, 2),
+                                                "noise": (3, 0), "sampler": (3, 1), "sigmas": (3, 2)})
+    g.nodes[sig - 1]["widgets_values"][3:5] = [1024, 1024]
+    g.nodes[sig - 1]["title"] = "Pass 1 sigmas"
+    sh = g.add("SHARPResolutionPromotion", ["sharp", 0, 4.0, "sharp", 1.25, 0.75, 16.0, 2.0, True, "auto"], (2, 0))
+    g.link(ld, 0, sh, "model")
+    lat = g.add("EmptySD3LatentImage", [1024, 1024, 1], (2, 2))
+    guider = g.add("BasicGuider", [], (2, 1))
+    g.link(sh, 0, guider, "model")
+    g.link(fg, 0, guider, "conditioning")
+    first = g.add("SamplerCustomAdvanced", [], (4, 0), title="Pass 1: 1024 px")
+    for src, name in ((noise, "noise"), (guider, "guider"), (smp, "sampler"), (sig, "sigmas"), (lat, "latent_image")):
+        g.link(src, 0, first, name)
+    up = g.add("LatentUpscaleBy", ["bicubic", 2.0], (4, 1))
+    g.link(first, 0, up, "samples")
+    sig2 = g.add("SHARPFluxSigmas", [round(28 / HIRES_DENOISE), "fixed", schedule.FLUX_SHIFT_MU, 2048, 2048], (4, 2),
+                 title="Pass 2 sigmas (28 / denoise steps)")
+    split = g.add("SplitSigmasDenoise", [HIRES_DENOISE], (4, 3))
+    g.link(sig2, 0, split, "sigmas")
+    second = g.add("SamplerCustomAdvanced", [], (5, 0), title="Pass 2: 2048 px")
+    for src, slot, name in ((noise, 0, "noise"), (guider, 0, "guider"), (smp, 0, "sampler"), (split, 1, "sigmas"),
+                            (up, 0, "latent_image")):
+        g.link(src, slot, second, name)
+    for sca, dec_cell in ((second, (5, 1)), (first, (5, 2))):
+        dec = g.add("VAEDecode", [], dec_cell)
+        g.link(sca, 0, dec, "samples")
+        g.link(ld, 2, dec, "vae")
+        show = (g.add("SaveImage", ["SHARP/hires_fix_2048"], (6, 0, 3), size=(480, 520)) if sca == second else
+                g.add("PreviewImage", [], (5, 3), size=(320, 320), title="Pass 1 (1024 px)"))
+        g.link(dec, 0, show, "images")
+    return g
+
+
 RSFLUX = {"rsflux_sharp_2048": (lambda: rsflux_single(2048, 2048),
                                 "RS-FLUX (FLUX.1-dev remote-sensing fine-tune) + SHARP at 2048x2048."),
           "rsflux_sharp_3744x2560": (lambda: rsflux_single(3744, 2560),
@@ -276,7 +319,9 @@ RSFLUX = {"rsflux_sharp_2048": (lambda: rsflux_single(2048, 2048),
           "multiscale_sweep": (multiscale_sweep, "One SHARP node serves 1024, 2048 and 3744x2560: the size is read "
                                                  "from each latent."),
           "method_comparison": (method_comparison, "One seed, four RoPE methods at 2048x2048; spectra + HF ratio "
-                                                   "table; saved side-by-side grid.")}
+                                                   "table; saved side-by-side grid."),
+          "hires_fix_two_pass": (hires_fix, "Two-pass hires fix: RS-FLUX at 1024 px, latent upscaled 2x, resampled at "
+                                            "denoise 0.5 at 2048 px with SHARP (schedule continued, not re-anchored).")}
 
 # --- the Notes --------------------------------------------------------------------------------------------
 
@@ -300,6 +345,21 @@ def _cost(sizes, runs=1) -> str:
 
 
 def rsflux_note(name: str) -> str:
+    if name == "hires_fix_two_pass":
+        shows = ("WHAT IT SHOWS: a two-pass hires fix with RS-FLUX: pass 1 at 1024x1024 (its training size, where "
+                 "SHARP is stock RoPE), the latent upscaled 2x (LatentUpscaleBy, bicubic), pass 2 at 2048x2048 on the "
+                 f"last {HIRES_DENOISE:g} of a {round(28 / HIRES_DENOISE)}-step schedule (SplitSigmasDenoise), both with "
+                 "the same SHARP-promoted model. SHARP reads the size from each latent and its time from each sigma: "
+                 "pass 2 continues SHARP's schedule at the noise level it starts from (t = sigma / sigma_max, weak "
+                 "promotion for a small denoise), on purpose not re-anchored at 1 (docs/hires.md says why and what "
+                 "was measured). " + SCHEDULE)
+        cost = ("COST: 28 steps at 4096 image tokens + 28 steps at 16384 (~16x the attention of a 1024 px step): a GPU "
+                "job. Weights: ~24 GB in bf16 plus ~10 GB for T5 (weight_dtype fp8_e4m3fn halves the transformer).")
+        change = ("the prompt; the denoise of SplitSigmasDenoise (0.3-0.6; keep the steps of 'Pass 2 sigmas' at 28 / "
+                  "denoise); scale_by of LatentUpscaleBy (the pass 2 size); the seed in RandomNoise.")
+        return "\n\n".join([shows, RSFLUX_MODELS, "CHANGE FIRST: " + change, cost,
+                             "Saves to output/SHARP/. Help on a node: select it, press Node Info (i) in the toolbar "
+                             "above it."])
     if name == "multiscale_sweep":
         shows = ("WHAT IT SHOWS: one SHARP Resolution Promotion node serving three sizes (1024x1024, 2048x2048, "
                  "3744x2560): the size is read from each latent, so SHARP is off at 1024 and active above it.")

@@ -5,6 +5,7 @@
 
 - dsdit_*: a real output: the shipped DS-DiT model on the bundled RRSSRD example (examples/refsr), shown
   as bicubic x4 | DS-DiT x4 | the reference, as the workflow saves it.
+- hires_fix_*: the same for its second pass (the last steps of its schedule, at the upscaled size).
 - rsflux_sharp_* and family_*: the SHARP schedule figure of `python -m sharp schedule` for the workflow's
   size (and the family's RoPE constants): what SHARP does to each frequency at each step.
 - multiscale_sweep: the three sizes drawn to scale against the 1024 px training grid.
@@ -44,13 +45,18 @@ def latent_sizes(wf: dict) -> list[tuple[int, int]]:
             if n["type"].startswith("Empty") and "Latent" in n["type"]]
 
 
-def schedule_figure(width: int, height: int, family: str = "Flux.1") -> np.ndarray:
-    """The `python -m sharp schedule` figure for width x height on the family's RoPE grid."""
+def schedule_figure(width: int, height: int, family: str = "Flux.1", steps: int = 28, last: int | None = None) -> np.ndarray:
+    """The `python -m sharp schedule` figure for width x height on the family's RoPE grid; last: only the last
+    steps of the `steps`-step schedule (a hires fix's second pass, t = sigma / sigma_max)."""
     fam = families.family(family)
     per = schedule.VAE_DOWNSCALE * schedule.PATCH_SIZE  # rope_schedule counts 16 px per position
     w_eq, h_eq = width * per // fam.px_per_token, height * per // fam.px_per_token
-    sched = schedule.rope_schedule(w_eq, h_eq, "sharp", steps=28, base_len=fam.base_len, theta=fam.theta,
+    sched = schedule.rope_schedule(w_eq, h_eq, "sharp", steps=steps, base_len=fam.base_len, theta=fam.theta,
                                    axis_dim=fam.axes_dim[fam.spatial_axes[-1]])
+    if last:
+        sched.sigmas, sched.t, sched.kappa = sched.sigmas[-(last + 1):], sched.t[-last:], sched.kappa[-last:]
+        for a in sched.axes:
+            a.ratio = a.ratio[-last:]
     sched.width, sched.height = width, height  # the title names the real image size
     wide = plots.figure_to_array(plots.plot_schedule(sched))
     # a square card: the two heatmaps (left two thirds of the figure) above the t / kappa panel
@@ -124,6 +130,12 @@ def thumbnail(name: str) -> Image.Image:
         return square(sweep_figure(latent_sizes(wf)))
     if name == "method_comparison":
         return square(methods_figure(latent_sizes(wf)[0][0]))
+    if name.startswith("hires_fix"):  # the second pass: the last steps of the longer schedule, at the upscaled size
+        scale = next(n["widgets_values"][1] for n in wf["nodes"] if n["type"] == "LatentUpscaleBy")
+        steps = max(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "SHARPFluxSigmas")
+        denoise = next(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "SplitSigmasDenoise")
+        w, h = latent_sizes(wf)[0]
+        return square(schedule_figure(int(w * scale), int(h * scale), steps=steps, last=round(steps * denoise)))
     w, h = latent_sizes(wf)[0]
     return square(schedule_figure(w, h, wf["extra"].get("sharp_family", "Flux.1")))
 
