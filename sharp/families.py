@@ -199,7 +199,7 @@ FAMILIES = (
            "supported_models.Boogu(Omnigen2): Flux latent (/8), patch 2, ModelType.FLOW shift 3.16 (fixed). Base "
            "1024 px (not stated in ComfyUI's source).",
            latent_px=8),
-    Family("ErnieImage", ("ErnieImageModel",), "pos_embed", (32, 48, 48), 256.0, (1, 2), None, "max", "latent", 1024,
+    Family("ErnieImage", ("ErnieImageModel",), "pos_embed", (32, 48, 48), 256.0, (1, 2), 1024,
            16, "0.28.0",
            "comfy/ldm/ernie/model.py: pos_embed = ErnieImageEmbedND3(theta 256, rope_axes_dim (32, 48, 48)), head dim "
            "128: frequencies 1 / theta^(arange(0, d, 2) / d) turned into split-half blocks for comfy-kitchen's "

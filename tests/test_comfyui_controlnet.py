@@ -152,7 +152,7 @@ def test_controlnet_sees_the_models_promoted_rope_time_and_extents(H, case):
     for i, ((pe_c, t_c), (pe_m, _)) in enumerate(zip(seen_control, seen_model)):
         assert torch.equal(pe_c, pe_m), f"step {i}: the ControlNet's pe differs from the model's"
         assert t_c == pytest.approx(float(sigmas[i]) / smax, abs=1e-6)  # the step's time, before apply_model
-    assert emb.axis_extents(torch.zeros(1, 1, 3)) == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
+    assert emb.extents == {1: float(ABOVE[0]), 2: float(ABOVE[1])}
     assert families.get_path(control.control_model, f.embedder_attr) is own_before  # restored afterwards
 
     # the promoted pe is not stock RoPE, and without our wrapper the ControlNet would not get it

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_fake import FakeBaseModel, FakeEmbedND, Flux, ModelSamplingFlux, image_ids
+from comfy_fake import FakeBaseModel, FakeEmbedND, Flux, ModelSamplingFlux
+from reference_rope import flux_ids
 from sharp import controlnet as C
 from sharp import families, promotion
 
@@ -45,7 +46,7 @@ def wrapper(emb):
 
 def run_controls(wrap, base, conds, x, sigma):
     """The executor ComfyUI's _calc_cond_batch would be: every control model runs on the model's ids."""
-    ids = image_ids(x.shape[-2] // 2, x.shape[-1] // 2)
+    ids = flux_ids(x.shape[-2] // 2, x.shape[-1] // 2, txt=4)
 
     def executor(model, conds, x_in, timestep, model_options):
         for control in C.controls_in(conds):
@@ -65,7 +66,7 @@ def test_controlnet_gets_the_models_embedder_time_and_extents_and_its_own_back()
     conds = [[{"control": shared}], [{"control": shared}], None]  # cond, uncond hold one copy; an empty cond
     x = torch.zeros(1, 16, 24, 12)  # 12 x 6 tokens: the height above the 8-token base grid
     out, ids = run_controls(wrapper(emb), base, conds, x, sigma=0.6)
-    assert emb.t == pytest.approx(0.6) and emb.axis_extents(ids) == {1: 12.0, 2: 6.0}
+    assert emb.t == pytest.approx(0.6) and emb.extents == {1: 12.0, 2: 6.0}
     for m in (cm, prev_cm):
         assert len(m.seen) == 1 and torch.equal(m.seen[0], out)  # the model's promoted pe
     assert not torch.equal(out, own(ids))
