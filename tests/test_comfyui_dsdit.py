@@ -208,7 +208,7 @@ def test_nodes_in_object_info(server):
     assert sr["input"]["required"]["model"][0] == "DSDIT" and "vae" in sr["input"]["optional"]
     spec = loader["input"]["required"]["ckpt_name"]
     options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
-    assert options[0].startswith("dsdit_small.safetensors") and STANDIN in options and NOT_DSDIT in options
+    assert options[0] == "shipped: DS-DiT x4" and STANDIN in options and NOT_DSDIT in options
     lines = [line for line in server.log_tail(200000).splitlines() if "comfyui-sharp" in line]
     assert lines and not any("IMPORT FAILED" in line for line in lines), lines
 
