@@ -9,7 +9,8 @@ then `refsr-scene` runs in a fresh child process per (size, workers), and, at th
 size, today's in-memory `super_resolve` on the same pixels in another child. Measured side by
 side in one run:
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
-    driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded);
+    driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
+    and the same sum of PSS (the object store's shared pages counted once);
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
 Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
@@ -85,6 +86,19 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared between processes (Ray's object store, mapped by the
+    driver and every worker) counted once in a sum, not once per process as RSS counts them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -114,11 +128,12 @@ def child_scene(args) -> dict:
     from sharp.scene import super_resolve_scene
     torch.set_num_threads(1)
     model = tiny_model() if args.tiny else load_dsdit(DEFAULT_CHECKPOINT)
-    pids, peak, stop = [os.getpid()], [0], threading.Event()
+    pids, peak, pss, stop = [os.getpid()], [0], [0], threading.Event()
 
     def sample():
         while not stop.is_set():
             peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            pss[0] = max(pss[0], sum(_pss(p) for p in pids))
             time.sleep(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -153,6 +168,7 @@ def child_scene(args) -> dict:
             "worker_cpu_s_per_tile": sum(cpu[1:]) / tiles_run if len(cpu) > 1 else None,
             "load_before": setup["load0"], "load_after": os.getloadavg()[0],
             "tiles": s["tiles"], "peak_rss_mib": max(peak[0], 0) / 2**20,
+            "peak_pss_mib": pss[0] / 2**20,
             "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -240,7 +256,8 @@ def main() -> None:
                                         "repeat": rep, **r})
                 print(f"{size}^2 scene, {w} worker(s): {r['mpx_per_s']:.3f} Mpx/s over "
                       f"{r['tiles']} tiles ({r['seconds']:.0f} s, setup {r['setup_s']:.1f} s), "
-                      f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB; CPU s per tile: "
+                      f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB (PSS "
+                      f"{r['peak_pss_mib']:.0f}); CPU s per tile: "
                       f"driver {r['driver_cpu_s_per_tile']:.3f}, workers "
                       f"{r['worker_cpu_s_per_tile'] or 0:.3f}; load {r['load_before']:.1f} -> "
                       f"{r['load_after']:.1f}", flush=True)
@@ -255,9 +272,10 @@ def main() -> None:
 
     ratios = {}
     for w in args.workers:
-        a, b = median(lo, w, "peak_rss_mib"), median(hi, w, "peak_rss_mib")
-        if a and b:
-            ratios[f"rss_{hi}_over_{lo}_w{w}"] = b / a
+        for key in ("rss", "pss"):
+            a, b = median(lo, w, f"peak_{key}_mib"), median(hi, w, f"peak_{key}_mib")
+            if a and b:
+                ratios[f"{key}_{hi}_over_{lo}_w{w}"] = b / a
     for size in args.sizes:
         one, two = median(size, 1, "mpx_per_s"), median(size, 2, "mpx_per_s")
         if one and two:

@@ -20,6 +20,25 @@ from .errors import SceneError
 from .tile import TileJob, empty_result, run_tile
 
 
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Tiles
+    allocate and free arrays of a few sizes over and over; glibc keeps freed chunks (and
+    raises its mmap threshold after the first large free, so later large arrays come from the
+    heap), and a long run's memory would creep up with the number of tiles."""
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
+
+
 class LocalPool:
     """Tiles run one by one in this process, on an already loaded model."""
 
@@ -69,7 +88,9 @@ class _Worker:
     def run(self, job: TileJob) -> tuple[int, dict]:
         import torch
         with torch.no_grad():
-            return job.index, run_tile(self.model, self.space, job, job.settings)
+            out = job.index, run_tile(self.model, self.space, job, job.settings)
+        release_memory()
+        return out
 
 
 def model_payload(model) -> dict:

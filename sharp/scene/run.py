@@ -37,7 +37,7 @@ from .grid import Grid, check_pair, open_raster, output_grid
 from .journal import Journal, file_id, journal_path, partial_path
 from .nodata import FILL_RADIUS, output_valid
 from .plan import Cell, Tile, lr_window, make_cells, make_tiles
-from .pool import Pools
+from .pool import Pools, release_memory
 from .seams import DiskSeams
 from .tile import TileJob, TileSettings, tensor
 from .windows import read_lr, read_ref, ref_resampling, write_window
@@ -107,21 +107,6 @@ def load_model(model=None, checkpoint=None, device: str = "cpu"):
     return load_dsdit(checkpoint or DEFAULT_CHECKPOINT, device=device)
 
 
-def sampling(model, steps, guidance, temperature, ref_transfer) -> tuple[int, float, float, float]:
-    """(steps, guidance, temperature, gain): None takes the checkpoint's default; checked
-    against the same bounds as super_resolve (sharp.refsr.config.SAMPLING_BOUNDS)."""
-    from sharp.refsr.api import default_ref_transfer, default_steps, default_temperature
-    from sharp.refsr.config import SAMPLING_BOUNDS, check_number
-    if steps is None:
-        steps = default_steps(model)
-    temp = default_temperature(model) if temperature is None else \
-        check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
-    gain = default_ref_transfer(model) if ref_transfer is None else \
-        check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
-    guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
-    return steps, float(guidance), temp, gain
-
-
 @dataclass
 class Scene:
     """One scene's plan: the open inputs and everything decided before any pixel."""
@@ -167,6 +152,7 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
                min_overlap: float = 0.25, cog: bool = True, resume: bool = False,
                overwrite: bool = False) -> Scene:
     """Open, check and plan one scene; nothing is written. The caller closes the Scene."""
+    from sharp.refsr.api import sampling_settings
     from sharp.refsr.stages import tile_geometry
     check_options(scale, steps, 0, 1, tile, overlap, min_overlap, extra)
     out, part, jpath = output_paths(out_path, resume, overwrite)
@@ -190,7 +176,8 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
             r_bands = select_bands(ref, ref_bands, "Ref --ref-bands")
             figures = check_pair(lr, ref, lr_path, ref_path, min_overlap)
             ref_scale = scene_scale(ref, r_bands, parse_range(ref_range))
-        steps, guidance, temp, gain = sampling(model, steps, guidance, temperature, ref_transfer)
+        steps, guidance, temp, gain = sampling_settings(model, steps, guidance, temperature,
+                                                        ref_transfer)
         if ref is None:
             gain = 0.0
         grid = output_grid(lr, scale)
@@ -318,6 +305,7 @@ class _Output:
         self.ds = output.flush(self.ds)
         self.journal.commit(self.pending)
         self.pending.clear()
+        release_memory()
 
     def close_safely(self, drop_pending: bool = False) -> None:
         """Commit what is surely on disk and close, never raising (the run is failing)."""
