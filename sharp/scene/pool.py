@@ -4,8 +4,8 @@ Both pools take TileJobs and yield (job index, result) as tiles finish; the driv
 writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
 model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
 shared file system), pins torch to `threads` per worker (a local Ray gets exactly workers x
-threads CPUs at normal priority and an object store sized to the tiles in flight,
-`store_bytes`), and resubmits a tile whose worker died to a live worker (up to `retries`
+threads CPUs at normal priority, no task events and an object store sized to the tiles in
+flight, `store_bytes`), and resubmits a tile whose worker died to a live worker (up to `retries`
 times), while Ray restarts the dead one, which gets tiles again once a probe call answers; a
 tile is never written twice because the blend ignores a second result for the same tile.
 """
@@ -140,11 +140,14 @@ class RayPool:
                 ray.init(address=address, **kw)
             else:
                 # Ray starts workers at nice 15 (so they yield to its daemons); our workers ARE
-                # the job, and on a shared machine nice 15 hands their CPU to everyone else
+                # the job, and on a shared machine nice 15 hands their CPU to everyone else.
+                # Task events (for Ray's dashboard, off here) grow every process's memory with
+                # the number of tiles.
                 ray.init(num_cpus=workers * max(1, threads),
                          object_store_memory=store_bytes(workers, tile_bytes),
                          runtime_env={"env_vars": {"PYTHONPATH": here}},
-                         _system_config={"worker_niceness": 0}, **kw)
+                         _system_config={"worker_niceness": 0, "task_events_report_interval_ms": 0},
+                         **kw)
             self.started = True
         gpus = 1 if device.startswith("cuda") else 0
         actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
