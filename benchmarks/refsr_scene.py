@@ -10,7 +10,7 @@ size, today's in-memory `super_resolve` on the same pixels in another child. Mea
 side in one run:
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
     driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
-    and the same sum of PSS (the object store's shared pages counted once);
+    and the same sum of PSS every 2 s (the object store's shared pages counted once);
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
 Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
@@ -131,9 +131,12 @@ def child_scene(args) -> dict:
     pids, peak, pss, stop = [os.getpid()], [0], [0], threading.Event()
 
     def sample():
+        n = 0
         while not stop.is_set():
             peak[0] = max(peak[0], sum(_rss(p) for p in pids))
-            pss[0] = max(pss[0], sum(_pss(p) for p in pids))
+            if n % 10 == 0:   # PSS walks the page tables: every 2 s, or it costs the driver CPU
+                pss[0] = max(pss[0], sum(_pss(p) for p in pids))
+            n += 1
             time.sleep(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
