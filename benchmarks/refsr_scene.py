@@ -1,7 +1,7 @@
 """GeoTIFF scene path (issue 12): peak memory and throughput vs scene size and worker count.
 
     python benchmarks/refsr_scene.py [--sizes 2048 8192 16384] [--workers 1 2] [--steps 1]
-                                     [--ref-transfer 0] [--json out.json]
+                                     [--ref-transfer 0] [--tiny] [--repeat N] [--json out.json]
 
 For each output size S (x4, so an S/4 LR), synthetic LR and Ref GeoTIFFs are made once (a
 mosaic of RRSSRD LR / Ref images, EPSG:3857, the Ref on the output grid; written by strips),
@@ -9,10 +9,13 @@ then `refsr-scene` runs in a fresh child process per (size, workers), and, at th
 size, today's in-memory `super_resolve` on the same pixels in another child. Measured side by
 side in one run:
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
-    driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded);
+    driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
+    and the same sum of PSS every 2 s (the object store's shared pages counted once);
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
-Every run uses one torch thread per worker. A child also writes its figures so far to
+Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
+per tile of the driver and of the workers during the tile loop and the load average (the
+machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load). A child also writes its figures so far to
 OUT.progress.json after every tile, so a run cut short still reports memory and speed. The model is the shipped small checkpoint; to keep
 the run short the defaults are 1 Euler step and the reference detail transfer off (its local
 block matching costs ~3x the network at 1 step); pass --steps / --ref-transfer to change that.
@@ -73,6 +76,29 @@ def make_scene(folder: Path, size: int, scale: int = 4) -> tuple[Path, Path]:
     return lr_path, ref_path
 
 
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process so far, seconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared between processes (Ray's object store, mapped by the
+    driver and every worker) counted once in a sum, not once per process as RSS counts them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -84,18 +110,33 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def tiny_model():
+    """A DS-DiT with the smallest config and seeded random weights: a tile costs little, so
+    --tiny measures the driver's and the workers' memory over large scenes in minutes (the
+    shipped model adds a constant per worker, not a growth)."""
+    import torch
+    from sharp.refsr.config import DSDiTConfig
+    from sharp.refsr.model import DSDiT
+    torch.manual_seed(0)
+    return DSDiT(DSDiTConfig(dim=8, depth=1, heads=1, plw_hidden=2)).eval()
+
+
 def child_scene(args) -> dict:
     """One refsr-scene run (in this child process); returns its figures."""
     import torch
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit
     from sharp.scene import super_resolve_scene
     torch.set_num_threads(1)
-    model = load_dsdit(DEFAULT_CHECKPOINT)
-    pids, peak, stop = [os.getpid()], [0], threading.Event()
+    model = tiny_model() if args.tiny else load_dsdit(DEFAULT_CHECKPOINT)
+    pids, peak, pss, stop = [os.getpid()], [0], [0], threading.Event()
 
     def sample():
+        n = 0
         while not stop.is_set():
             peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            if n % 10 == 0:   # PSS walks the page tables: every 2 s, or it costs the driver CPU
+                pss[0] = max(pss[0], sum(_pss(p) for p in pids))
+            n += 1
             time.sleep(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -107,10 +148,13 @@ def child_scene(args) -> dict:
         if hasattr(pool, "pids"):
             pids.extend(pool.pids())          # waits for the workers to be up
         setup["s"] = time.perf_counter() - t0
+        setup["cpu0"] = [_cpu_s(p) for p in pids]
+        setup["load0"] = os.getloadavg()[0]
 
     side = Path(str(args.out) + ".progress.json")     # figures so far, for runs cut short
 
     def progress(done, total, pixels, seconds):
+        setup["cpu1"] = [_cpu_s(p) for p in pids]        # before the pool closes
         side.write_text(json.dumps({"tiles_done": done, "tiles": total, "mpx": pixels / 1e6,
                                     "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
                                     "peak_rss_mib": peak[0] / 2**20}))
@@ -118,10 +162,16 @@ def child_scene(args) -> dict:
     s = super_resolve_scene(args.lr, args.ref, args.out, model, steps=args.steps,
                             ref_transfer=args.ref_transfer, workers=args.w, threads=1,
                             overwrite=True, pool_hook=hook, cog=False, progress=progress)
+    cpu = [b - a for a, b in zip(setup["cpu0"], setup["cpu1"])]    # during the tile loop
     stop.set()
     th.join()
+    tiles_run = max(1, s["tiles_run"])
     return {"mpx_per_s": s["mpx_per_s"], "seconds": s["seconds"], "setup_s": setup.get("s"),
+            "driver_cpu_s_per_tile": cpu[0] / tiles_run,
+            "worker_cpu_s_per_tile": sum(cpu[1:]) / tiles_run if len(cpu) > 1 else None,
+            "load_before": setup["load0"], "load_after": os.getloadavg()[0],
             "tiles": s["tiles"], "peak_rss_mib": max(peak[0], 0) / 2**20,
+            "peak_pss_mib": pss[0] / 2**20,
             "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -132,7 +182,7 @@ def child_memory(args) -> dict:
     import torch
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
     torch.set_num_threads(1)
-    model = load_dsdit(DEFAULT_CHECKPOINT)
+    model = tiny_model() if args.tiny else load_dsdit(DEFAULT_CHECKPOINT)
     with rasterio.open(args.lr) as a, rasterio.open(args.ref) as b:
         lr = np.moveaxis(a.read(), 0, -1).astype(np.float32) / 255
         ref = np.moveaxis(b.read(), 0, -1).astype(np.float32) / 255
@@ -144,8 +194,9 @@ def child_memory(args) -> dict:
 
 
 def run_child(kind: str, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind] + [x for k, v in kw.items()
-                                                         for x in (f"--{k}", str(v))]
+    cmd = [sys.executable, __file__, "--child", kind]
+    for k, v in kw.items():
+        cmd += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         raise SystemExit(f"child {kind} {kw} failed:\n{r.stderr[-3000:]}")
@@ -158,6 +209,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--ref-transfer", type=float, default=0.0)
+    ap.add_argument("--tiny", action="store_true",
+                    help="a tiny random-weight model instead of the shipped one (memory runs: "
+                         "the figures of interest are the driver's and workers' growth)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each (size, workers) this many times, interleaved (1, 2, 1, 2, "
+                         "...), so both worker counts see the same machine load; ratios use "
+                         "the median")
     ap.add_argument("--memory-size", type=int, default=None,
                     help="size of the in-memory super_resolve comparison (default: the smallest "
                          "size; 0: skip it, e.g. when measuring large sizes on their own)")
@@ -175,13 +233,16 @@ def main() -> None:
         return
     folder = Path(args.dir or tempfile.mkdtemp(prefix="refsr_scene_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
-    results = {"steps": args.steps, "ref_transfer": args.ref_transfer, "runs": []}
+    results = {"steps": args.steps, "ref_transfer": args.ref_transfer, "tiny": args.tiny,
+               "machine": {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()}, "runs": []}
 
     def save():
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
 
     common = {"steps": args.steps, "ref-transfer": args.ref_transfer}
+    if args.tiny:
+        common["tiny"] = True
     for size in args.sizes:
         lr, ref = make_scene(folder, size)
         if size == (min(args.sizes) if args.memory_size is None else args.memory_size):
@@ -190,36 +251,53 @@ def main() -> None:
             print(f"{size}^2 in-memory: {r['mpx_per_s']:.3f} Mpx/s, max RSS "
                   f"{r['self_max_rss_mib']:.0f} MiB", flush=True)
             save()
-        for w in args.workers:
-            r = run_child("scene", lr=lr, ref=ref, out=folder / f"sr_{size}_{w}.tif", w=w,
-                          **common)
-            results["runs"].append({"size": size, "path": "scene", "workers": w, **r})
-            print(f"{size}^2 scene, {w} worker(s): {r['mpx_per_s']:.3f} Mpx/s over "
-                  f"{r['tiles']} tiles ({r['seconds']:.0f} s, setup {r['setup_s']:.1f} s), "
-                  f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB", flush=True)
-            (folder / f"sr_{size}_{w}.tif").unlink(missing_ok=True)
-            save()
+        for rep in range(args.repeat):
+            for w in args.workers:
+                r = run_child("scene", lr=lr, ref=ref, out=folder / f"sr_{size}_{w}.tif", w=w,
+                              **common)
+                results["runs"].append({"size": size, "path": "scene", "workers": w,
+                                        "repeat": rep, **r})
+                print(f"{size}^2 scene, {w} worker(s): {r['mpx_per_s']:.3f} Mpx/s over "
+                      f"{r['tiles']} tiles ({r['seconds']:.0f} s, setup {r['setup_s']:.1f} s), "
+                      f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB (PSS "
+                      f"{r['peak_pss_mib']:.0f}); CPU s per tile: "
+                      f"driver {r['driver_cpu_s_per_tile']:.3f}, workers "
+                      f"{r['worker_cpu_s_per_tile'] or 0:.3f}; load {r['load_before']:.1f} -> "
+                      f"{r['load_after']:.1f}", flush=True)
+                (folder / f"sr_{size}_{w}.tif").unlink(missing_ok=True)
+                save()
     scene = [r for r in results["runs"] if r["path"] == "scene"]
     lo, hi = min(args.sizes), max(args.sizes)
+
+    def median(size, w, key):
+        v = sorted(r[key] for r in scene if r["size"] == size and r["workers"] == w)
+        return v[len(v) // 2] if v else None
+
     ratios = {}
     for w in args.workers:
-        a = [r for r in scene if r["workers"] == w and r["size"] == lo]
-        b = [r for r in scene if r["workers"] == w and r["size"] == hi]
-        if a and b:
-            ratios[f"rss_{hi}_over_{lo}_w{w}"] = b[0]["peak_rss_mib"] / a[0]["peak_rss_mib"]
+        for key in ("rss", "pss"):
+            a, b = median(lo, w, f"peak_{key}_mib"), median(hi, w, f"peak_{key}_mib")
+            if a and b:
+                ratios[f"{key}_{hi}_over_{lo}_w{w}"] = b / a
     for size in args.sizes:
-        one = [r for r in scene if r["size"] == size and r["workers"] == 1]
-        two = [r for r in scene if r["size"] == size and r["workers"] == 2]
+        one, two = median(size, 1, "mpx_per_s"), median(size, 2, "mpx_per_s")
         if one and two:
-            ratios[f"speed_2w_over_1w_{size}"] = two[0]["mpx_per_s"] / one[0]["mpx_per_s"]
+            ratios[f"speed_2w_over_1w_{size}"] = two / one
+        pairs = [(x["mpx_per_s"], y["mpx_per_s"]) for x in scene for y in scene
+                 if x["size"] == y["size"] == size and x.get("repeat") == y.get("repeat")
+                 and x["workers"] == 1 and y["workers"] == 2]
+        if len(pairs) > 1:     # each interleaved pair on its own: how much the load moved it
+            ratios[f"speed_2w_over_1w_{size}_pairs"] = [b / a for a, b in pairs]
     mem = [r for r in results["runs"] if r["path"] != "scene"]
-    one = [r for r in scene if r["size"] == lo and r["workers"] == 1]
+    one = median(lo, 1, "mpx_per_s")
     if mem and one:
-        ratios[f"speed_scene_1w_over_memory_{lo}"] = one[0]["mpx_per_s"] / mem[0]["mpx_per_s"]
+        ratios[f"speed_scene_1w_over_memory_{lo}"] = one / mem[0]["mpx_per_s"]
     results["ratios"] = ratios
     save()
+    results["machine"]["load_at_end"] = os.getloadavg()
+    save()
     for k, v in ratios.items():
-        print(f"{k}: {v:.2f}")
+        print(f"{k}: " + (", ".join(f"{x:.2f}" for x in v) if isinstance(v, list) else f"{v:.2f}"))
 
 
 if __name__ == "__main__":

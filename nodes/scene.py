@@ -150,7 +150,9 @@ class DSDiTSceneSR(io.ComfyNode):
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         lr = input_file(lr_file, "lr_file")
         ref = None if ref_file == NO_REF else input_file(ref_file, "ref_file")
-        out = os.path.join(folder_paths.get_output_directory(), plain_name(output_name, "output_name"))
+        out_dir = folder_paths.get_output_directory()
+        os.makedirs(out_dir, exist_ok=True)       # ComfyUI makes it on the first save, as SaveImage does
+        out = os.path.join(out_dir, plain_name(output_name, "output_name"))
         bar = comfy.utils.ProgressBar(1)
         stop = []
 

@@ -106,11 +106,11 @@ def methods_figure(px: int = 2048, methods=("base", "yarn", "dype", "sharp")) ->
 
 def dsdit_figure() -> np.ndarray:
     """bicubic x4 | DS-DiT x4 over Ref | DS-DiT centre at 2x: the shipped model on the bundled example (a real run)."""
-    from sharp.cli.images import load_image
+    from sharp.cli.images import load_rgb_array
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 
-    lr = load_image(os.path.join(ROOT, "examples", "refsr", "lr.jpg")).astype(np.float32) / 255.0
-    ref = load_image(os.path.join(ROOT, "examples", "refsr", "ref.jpg")).astype(np.float32) / 255.0
+    lr = load_rgb_array(os.path.join(ROOT, "examples", "refsr", "lr.jpg")).astype(np.float32) / 255.0
+    ref = load_rgb_array(os.path.join(ROOT, "examples", "refsr", "ref.jpg")).astype(np.float32) / 255.0
     sr = super_resolve(load_dsdit(DEFAULT_CHECKPOINT), lr, ref, scale=4, steps=20)
     to8 = lambda a: (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
     h, w = sr.shape[:2]

@@ -44,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from sharp.cli.images import load_image
+    from sharp.cli.images import load_rgb_array
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 
     if args.threads:
         torch.set_num_threads(args.threads)
     def read(path):  # clear errors for missing or unreadable files
-        return load_image(path).astype(np.float32) / 255.0
+        return load_rgb_array(path).astype(np.float32) / 255.0
 
     lr = read(args.lr)
     ref = read(args.ref) if args.ref else None

@@ -13,9 +13,20 @@ def register(subparsers) -> None:
                     "The output keeps the LR's CRS and footprint with the transform refined by "
                     "the scale, its dtype, nodata, tags and band metadata. Needs "
                     "pip install 'comfyui-sharp[geo]' (rasterio, rio-cogeo, ray).")
-    p.add_argument("--lr", required=True, help="LR scene (GeoTIFF or any GDAL raster with a CRS)")
-    p.add_argument("--ref", help="reference scene (omit for the LR-only prediction)")
-    p.add_argument("--out", required=True, help="output GeoTIFF")
+    one = p.add_argument_group("one scene")
+    one.add_argument("--lr", help="LR scene (GeoTIFF or any GDAL raster with a CRS)")
+    one.add_argument("--ref", help="reference scene (omit for the LR-only prediction)")
+    one.add_argument("--out", help="output GeoTIFF")
+    many = p.add_argument_group("many scenes (one after another, tiles on the same workers; "
+                                "each output resumable on its own)")
+    many.add_argument("--lr-dir", help="every .tif/.tiff in this folder is an LR scene")
+    many.add_argument("--ref-dir", help="with --lr-dir: the Refs, by the LR's file names "
+                                        "(omit for LR-only scenes)")
+    many.add_argument("--manifest", help="CSV of scene pairs: header lr,ref,out (ref empty: "
+                                         "LR-only; out empty: --out-dir/<LR name>); relative "
+                                         "paths from the manifest's folder")
+    many.add_argument("--out-dir", help="output folder for --lr-dir (and --manifest rows "
+                                        "without out)")
     p.add_argument("--ckpt", help="DS-DiT .safetensors checkpoint (default: the shipped small one)")
     p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
     p.add_argument("--bands", help="LR bands for the model's R,G,B: 1-based indices (3,2,1) or "
@@ -59,11 +70,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def scene_pairs(args: argparse.Namespace):
+    """None for one scene (--lr/--out), else the pairs of --lr-dir or --manifest; an error
+    for a mix of the two ways or a missing part."""
+    from sharp.scene import folder_pairs, manifest_pairs
+    single = args.lr is not None or args.out is not None or args.ref is not None
+    modes = [m for m, on in (("--lr/--out", single), ("--lr-dir", args.lr_dir),
+                             ("--manifest", args.manifest)) if on]
+    if len(modes) != 1:
+        raise ValueError("give one scene (--lr LR --out OUT [--ref REF]), a folder (--lr-dir DIR "
+                         "--out-dir DIR [--ref-dir DIR]) or a manifest (--manifest CSV), "
+                         f"got {' and '.join(modes) if modes else 'none'}")
+    if single:
+        if args.lr is None or args.out is None:
+            raise ValueError("one scene needs both --lr and --out")
+        if args.ref_dir or args.out_dir:
+            raise ValueError("--ref-dir / --out-dir go with --lr-dir or --manifest, not --lr")
+        return None
+    if args.lr_dir:
+        if not args.out_dir:
+            raise ValueError("--lr-dir needs --out-dir (where the outputs go)")
+        return folder_pairs(args.lr_dir, args.ref_dir, args.out_dir)
+    if args.ref_dir:
+        raise ValueError("--ref-dir goes with --lr-dir; a manifest names each Ref")
+    return manifest_pairs(args.manifest, args.out_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     try:
-        from sharp.scene import super_resolve_scene
+        from sharp.scene import super_resolve_scene, super_resolve_scenes
     except ImportError as err:
         raise ValueError(f"refsr-scene needs the [geo] extra ({err}): "
                          "pip install 'comfyui-sharp[geo]'") from None
@@ -79,17 +116,30 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{pixels / 1e6:.1f} Mpx, {pixels / 1e6 / max(seconds, 1e-9):.3f} Mpx/s",
                             refresh=False)
 
+    options = dict(
+        checkpoint=args.ckpt, scale=args.scale, bands=args.bands, ref_bands=args.ref_bands,
+        extra=args.extra, value_range=args.value_range, ref_range=args.ref_range,
+        steps=args.steps, guidance=args.guidance, seed=args.seed, temperature=args.temperature,
+        ref_transfer=args.ref_transfer, register=not args.no_register, tile=args.tile,
+        overlap=args.overlap, workers=args.workers, threads=args.threads, address=args.address,
+        device=args.device, resume=args.resume, overwrite=args.overwrite, cog=not args.no_cog,
+        min_overlap=args.min_overlap, progress=progress, commit_seconds=args.commit_every)
+    pairs = scene_pairs(args)
+
+    def on_scene(i, n, pair):
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(f"scene {i + 1} of {n}: {pair.lr} -> {pair.out}", file=sys.stderr)
+
     try:
-        s = super_resolve_scene(
-            args.lr, args.ref, args.out, checkpoint=args.ckpt, scale=args.scale,
-            bands=args.bands, ref_bands=args.ref_bands, extra=args.extra,
-            value_range=args.value_range, ref_range=args.ref_range, steps=args.steps,
-            guidance=args.guidance, seed=args.seed, temperature=args.temperature,
-            ref_transfer=args.ref_transfer, register=not args.no_register, tile=args.tile,
-            overlap=args.overlap, workers=args.workers, threads=args.threads,
-            address=args.address, device=args.device, resume=args.resume,
-            overwrite=args.overwrite, cog=not args.no_cog, min_overlap=args.min_overlap,
-            progress=progress, commit_seconds=args.commit_every)
+        if pairs is None:
+            summaries = [super_resolve_scene(args.lr, args.ref, args.out, **options)]
+            skipped = []
+        else:
+            r = super_resolve_scenes(pairs, on_scene=on_scene, **options)
+            summaries, skipped = r["scenes"], r["skipped_done"]
     except KeyboardInterrupt as err:
         if bar is not None:
             bar.close()
@@ -98,10 +148,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"wrote {s['output']}: {s['width']}x{s['height']} px, {s['bands']} band(s), "
-          f"{'COG' if s['cog'] else 'GeoTIFF'}; {s['tiles_run']} of {s['tiles']} tiles run "
-          f"({s['tiles_skipped_nodata']} all-nodata, {s['tiles_retried']} retried, "
-          f"{s['cells_resumed']} windows resumed) on {s['workers'] or 'no'} Ray worker(s) in "
-          f"{s['seconds']:.1f} s, {s['mpx_per_s']:.3f} Mpx/s; driver peak RSS "
-          f"{s['driver_peak_rss_mib']:.0f} MiB")
+    for s in summaries:
+        print(f"wrote {s['output']}: {s['width']}x{s['height']} px, {s['bands']} band(s), "
+              f"{'COG' if s['cog'] else 'GeoTIFF'}; {s['tiles_run']} of {s['tiles']} tiles run "
+              f"({s['tiles_skipped_nodata']} all-nodata, {s['tiles_retried']} retried, "
+              f"{s['cells_resumed']} windows resumed) on {s['workers'] or 'no'} Ray worker(s) in "
+              f"{s['seconds']:.1f} s, {s['mpx_per_s']:.3f} Mpx/s; driver peak RSS "
+              f"{s['driver_peak_rss_mib']:.0f} MiB")
+    if pairs is not None:
+        print(f"{len(summaries)} scene(s) written, {len(skipped)} already complete (skipped)")
     return 0

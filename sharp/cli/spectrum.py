@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sharp.cli.images import load_image
+from sharp.cli.images import load_rgb_array
 from sharp.spectrum_report import spectrum_table
 
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    images = [load_image(p) for p in tqdm(args.images, desc="loading", disable=len(args.images) < 4)]
+    images = [load_rgb_array(p) for p in tqdm(args.images, desc="loading", disable=len(args.images) < 4)]
     names = [Path(p).name for p in args.images]
     if len(set(names)) < len(names):  # same file name in several folders: show the paths
         names = list(args.images)

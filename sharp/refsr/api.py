@@ -9,6 +9,7 @@ ComfyUI IMAGE layout); the result has the same layout and type (numpy in, numpy 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,8 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsdit_small.safetensors"
 
 __all__ = ["DEFAULT_CHECKPOINT", "default_ref_transfer", "default_steps", "default_temperature",
-           "load_dsdit",
-           "super_resolve", "prepare_inputs", "reference_weight_map"]
+           "load_dsdit", "sampling_settings", "super_resolve", "prepare_inputs",
+           "reference_weight_map"]
 
 
 def _to_bchw(img, name: str) -> tuple[torch.Tensor, bool]:
@@ -111,6 +112,73 @@ def _from_bchw(t: torch.Tensor, batched: bool, like):
     return out if torch.is_tensor(like) else out.numpy()
 
 
+def sampling_settings(model: DSDiT, steps: Optional[int], guidance: float,
+                      temperature: Optional[float], ref_transfer: Optional[float]
+                      ) -> tuple[int, float, float, float]:
+    """(steps, guidance, temperature, transfer gain): None takes the checkpoint's default, a
+    given value is checked against SAMPLING_BOUNDS (one rule for super_resolve and scenes)."""
+    steps = default_steps(model) if steps is None else \
+        int(check_number("steps", steps, *SAMPLING_BOUNDS["steps"]))
+    temperature = default_temperature(model) if temperature is None else \
+        check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
+    gain = default_ref_transfer(model) if ref_transfer is None else \
+        check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
+    guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
+    return steps, float(guidance), temperature, gain
+
+
+def _check_size(cfg, lr, has_ref: bool, scale, tile: int, overlap: int, register: bool,
+                transfer: bool, memory_limit: Optional[int]) -> tuple[int, int]:
+    """check_request on the LR's shape before any copy is made; returns (tile, overlap). A
+    shape or scale it cannot read is left to prepare_inputs, which says what is wrong."""
+    shape = tuple(lr.shape) if hasattr(lr, "shape") else np.shape(lr)
+    if len(shape) in (3, 4) and int(scale) == scale and scale >= 1:
+        b, h, w = (1, *shape[:2]) if len(shape) == 3 else shape[:3]
+        return check_request(cfg, b, h, w, int(scale), tile, overlap, has_ref, register,
+                             transfer and has_ref, memory_limit)
+    return tile, overlap
+
+
+def _condition(cfg, lr_t: torch.Tensor, ref_t: Optional[torch.Tensor], scale: int, register: bool,
+               transfer: bool, cancel) -> tuple[torch.Tensor, Optional[torch.Tensor],
+                                                Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(up, Ref', confidence, gated detail) of the whole image, padded to whole tokens (gated
+    stays at the image size: it is added after sampling). Ref None: (up, None, None, None)."""
+    height, width = scale * lr_t.shape[-2], scale * lr_t.shape[-1]
+    up = upsample(lr_t, (height, width))
+    conf = gated = None
+    if ref_t is not None:
+        ref_t, conf, gated = condition_reference(ref_t, up, scale, cfg, register, transfer,
+                                                 cancel=cancel)
+    hp, wp = height + -height % cfg.unit, width + -width % cfg.unit
+    if ref_t is not None:
+        ref_t, conf = pad_to(ref_t, hp, wp), pad_to(conf, hp, wp)
+    return pad_to(up, hp, wp), ref_t, conf, gated
+
+
+class _StepCounter:
+    """progress(done, total) after every Euler step of every tile."""
+
+    def __init__(self, total: int, progress: Optional[Callable[[int, int], None]]):
+        self.done, self.total, self.progress = 0, total, progress
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _sample_window(model, space, up, ref, conf, noise, down: int, steps: int, guidance: float,
+                   tick, check, y: int, x: int, th: int, tw: int) -> torch.Tensor:
+    """One tile of the padded image (the run_tiled callback): its window of every input and of
+    the whole-image noise, sampled."""
+    check()
+    win = (slice(None), slice(None), slice(y, y + th), slice(x, x + tw))
+    r, c = (None, None) if ref is None else (ref[win], conf[win])
+    x0 = noise[:, :, y // down:(y + th) // down, x // down:(x + tw) // down]
+    return sample_tile(model, space, up[win], r, c, x0, steps, guidance, tick)
+
+
 @torch.no_grad()
 def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[int] = None,
                   guidance: float = 1.0, seed: int = 0, tile: int = 512, overlap: int = 64,
@@ -139,54 +207,26 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[in
     is refused before allocating (sharp.refsr.limits).
     steps: Euler steps; None takes the checkpoint's default (else 20)."""
     cfg = model.cfg
-    steps = default_steps(model) if steps is None else \
-        int(check_number("steps", steps, *SAMPLING_BOUNDS["steps"]))
-    temperature = default_temperature(model) if temperature is None else \
-        check_number("temperature", temperature, *SAMPLING_BOUNDS["temperature"])
-    gain = default_ref_transfer(model) if ref_transfer is None else \
-        check_number("ref_transfer", ref_transfer, *SAMPLING_BOUNDS["ref_transfer"])
-    guidance = check_number("guidance", guidance, *SAMPLING_BOUNDS["guidance"])
+    steps, guidance, temperature, gain = sampling_settings(model, steps, guidance, temperature,
+                                                           ref_transfer)
     check = cancel if cancel is not None else (lambda: None)
-    shape = tuple(lr.shape) if hasattr(lr, "shape") else np.shape(lr)   # checked before any copy is made
-    if len(shape) in (3, 4) and int(scale) == scale and scale >= 1:        # else prepare_inputs says what
-        b, h, w = (1, *shape[:2]) if len(shape) == 3 else shape[:3]
-        tile, overlap = check_request(cfg, b, h, w, int(scale), tile, overlap, ref is not None, register,
-                                      bool(gain) and ref is not None, memory_limit)
+    tile, overlap = _check_size(cfg, lr, ref is not None, scale, tile, overlap, register,
+                                bool(gain), memory_limit)
     lr_t, ref_t, batched = prepare_inputs(lr, ref, scale)
     if scale != cfg.scale:
         log.info("checkpoint was trained for x%d, running x%d", cfg.scale, scale)
     b, _, h, w = lr_t.shape
-    height, width = scale * h, scale * w
-    up = upsample(lr_t, (height, width))
-    conf_t = gated = None
-    if ref_t is not None:
-        ref_t, conf_t, gated = condition_reference(ref_t, up, scale, cfg, register, bool(gain), cancel=cancel)
-        check()
-    space = WorkingSpace(cfg, vae)
-    unit = cfg.unit
-    hp, wp = height + -height % unit, width + -width % unit     # pad to whole tokens
-    up = pad_to(up, hp, wp)
-    if ref_t is not None:
-        ref_t, conf_t = pad_to(ref_t, hp, wp), pad_to(conf_t, hp, wp)
-    down = unit // cfg.patch                                    # pixels per working-grid cell
-    noise = initial_noise(temperature, seed, b, cfg.in_channels, hp // down, wp // down)
-    plan = tiles(hp, wp, tile, overlap)
-    total, done = len(plan) * steps, [0]
-
-    def tick():
-        done[0] += 1
-        if progress is not None:
-            progress(done[0], total)
-
-    def one_tile(y, x, th, tw):
-        check()
-        win = (slice(None), slice(None), slice(y, y + th), slice(x, x + tw))
-        ref, conf = (None, None) if ref_t is None else (ref_t[win], conf_t[win])
-        x0 = noise[:, :, y // down:(y + th) // down, x // down:(x + tw) // down]
-        return sample_tile(model, space, up[win], ref, conf, x0, steps, guidance, tick)
-
+    up, ref_t, conf_t, gated = _condition(cfg, lr_t, ref_t, scale, register, bool(gain), cancel)
     del lr_t
-    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :height, :width].clamp_(0, 1)
+    if ref_t is not None:
+        check()
+    hp, wp = up.shape[-2:]
+    down = cfg.unit // cfg.patch                                # pixels per working-grid cell
+    noise = initial_noise(temperature, seed, b, cfg.in_channels, hp // down, wp // down)
+    tick = _StepCounter(len(tiles(hp, wp, tile, overlap)) * steps, progress)
+    one_tile = partial(_sample_window, model, WorkingSpace(cfg, vae), up, ref_t, conf_t, noise,
+                       down, steps, guidance, tick, check)
+    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :scale * h, :scale * w].clamp_(0, 1)
     if gated is not None:
         out = apply_transfer(out, gated, gain)
     if not bool(torch.isfinite(out).all()):   # never hand back a black image as a success

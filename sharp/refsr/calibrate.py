@@ -18,8 +18,8 @@ from .api import default_steps, default_temperature, super_resolve
 from .checkpoint import load_dsdit, read_checkpoint, save_checkpoint
 from .data import TripletFolder, upsample
 from .model import DSDiT
-from .registration import align_reference
-from .transfer import fit_transfer_gain, gated_detail
+from .stages import transfer_input
+from .transfer import fit_transfer_gain
 
 
 @torch.no_grad()
@@ -45,8 +45,7 @@ def fit_ref_transfer(model: DSDiT, roots, scale: int = 4, steps: Optional[int] =
                            steps=steps, temperature=temperature, ref_transfer=0.0, vae=vae)
         sr = sr.permute(2, 0, 1)[None]
         errors.append(hr - sr)
-        gated.append(gated_detail(*align_reference(ref, upsample(lr, hr.shape[-2:]), scale, "local"),
-                                  scale))
+        gated.append(transfer_input(ref, upsample(lr, hr.shape[-2:]), scale, model.cfg))
         if progress is not None:
             progress(k + 1, len(jobs))
     gain = fit_transfer_gain(errors, gated)

@@ -5,6 +5,7 @@ each tile's window of a GeoTIFF scene. Both run exactly this code, so where one 
 image the two give the same pixels.
 
     condition_reference(ref, up, ...)  Ref alignment + confidence + gated detail of one window
+    transfer_input(ref, up, ...)       the gated detail alone (also the gain fit's input)
     tile_geometry(tile, overlap, unit) tile size and overlap rounded to whole tokens
     pad_to(t, h, w)                    replicate padding of a window to whole tokens
     initial_noise(...)                 the x0 noise of a whole grid (super_resolve's stream)
@@ -36,12 +37,25 @@ def condition_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, cfg, re
     detail of the reference detail transfer, which always copies from the locally aligned Ref.
     cancel(): checked inside the registration's long loops (it aborts by raising)."""
     ref_a, conf = align_reference(ref, up, scale, cfg.ref_align, register, cancel=cancel)
-    gated = None
-    if transfer:
-        local = (ref_a, conf) if cfg.ref_align == "local" or not register else \
-            refine_local(ref_a, up, scale, cancel=cancel)
-        gated = gated_detail(*local, scale)
+    gated = transfer_input(ref, up, scale, cfg, register, (ref_a, conf), cancel) if transfer else None
     return ref_a, conf, gated
+
+
+def transfer_input(ref: torch.Tensor, up: torch.Tensor, scale: int, cfg, register: bool = True,
+                   aligned: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                   cancel: Optional[Callable[[], None]] = None) -> torch.Tensor:
+    """The input g of the reference detail transfer (sharp.refsr.transfer) of one window: the
+    Ref's detail, locally aligned to up, gated by its matching confidence; [B, 3, H, W]. The one
+    function super_resolve, the scene path and the gain fit (sharp.refsr.calibrate) use.
+    aligned: (Ref', confidence) as align_reference gave them for the network (computed if
+    None); a globally registered Ref is refined locally first, a locally aligned one (or, with
+    register False, the Ref as given) is used as it is."""
+    if aligned is None:
+        aligned = align_reference(ref, up, scale, cfg.ref_align, register, cancel=cancel)
+    ref_a, conf = aligned
+    if cfg.ref_align != "local" and register:
+        ref_a, conf = refine_local(ref_a, up, scale, cancel=cancel)
+    return gated_detail(ref_a, conf, scale)
 
 
 def pad_to(t: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -4,9 +4,12 @@ Each cell keeps the pieces of its covering tiles until the last one arrives, the
 with the raised-cosine windows of sharp.refsr.tiling in ascending tile order, with the same
 arithmetic as run_tiled (acc = 0; acc += piece * win; wsum += win; acc / wsum). So results are
 bit-identical whatever order workers finish in, and a single tile (weight 1) passes unchanged.
+Waiting pieces go to a seam store (sharp.scene.seams: on disk for scenes), so the memory the
+blend holds is the one tile being added, whatever the scene's width.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 import torch
@@ -14,6 +17,13 @@ import torch
 from sharp.refsr.tiling import blend_window
 
 from .plan import Cell, Tile, tile_cells
+from .seams import MemorySeams
+
+
+@lru_cache(maxsize=32)          # a plan has at most 9 kinds of tile (by the sides facing others)
+def _window(th: int, tw: int, overlap: int, top: bool, bottom: bool, left: bool, right: bool
+            ) -> torch.Tensor:
+    return blend_window(th, tw, overlap, top, bottom, left, right).to(torch.float32)
 
 
 class CellBlender:
@@ -21,12 +31,13 @@ class CellBlender:
     cells they complete as (cell, {name: blended [C, ch, cw] float32})."""
 
     def __init__(self, tiles: list[Tile], cells: list[Cell], height: int, width: int,
-                 overlap: int, done: Iterable[int] = ()):
+                 overlap: int, done: Iterable[int] = (), seams=None):
         self.tiles, self.cells = tiles, cells
         self.height, self.width, self.overlap = height, width, overlap
         self.done = set(done)
         self.of_tile = tile_cells(cells, len(tiles))
-        self.pending: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
+        self.seams = seams if seams is not None else MemorySeams()
+        self.pending: dict[int, dict[int, int]] = {}     # cell -> {tile: seam-store key}
         self.seen: set[int] = set()
 
     def needed(self) -> list[int]:
@@ -35,8 +46,7 @@ class CellBlender:
                 if any(c not in self.done for c in self.of_tile[t.index])]
 
     def window(self, tile: Tile) -> torch.Tensor:
-        return blend_window(tile.h, tile.w, self.overlap, tile.top, tile.bottom, tile.left,
-                            tile.right).to(torch.float32)
+        return _window(tile.h, tile.w, self.overlap, tile.top, tile.bottom, tile.left, tile.right)
 
     def add(self, index: int, arrays: dict[str, torch.Tensor]) -> list[tuple[Cell, dict]]:
         """Take tile `index`'s result; a tile seen before (a retried task) is ignored."""
@@ -50,9 +60,14 @@ class CellBlender:
                 continue
             c = self.cells[ci]
             sl = (slice(None), slice(c.y0 - tile.y, c.y1 - tile.y), slice(c.x0 - tile.x, c.x1 - tile.x))
-            self.pending.setdefault(ci, {})[index] = {k: v[sl].clone() for k, v in arrays.items()}
-            if len(self.pending[ci]) == len(c.cover):
-                ready.append((c, self._blend(c, self.pending.pop(ci))))
+            piece = {k: v[sl] for k, v in arrays.items()}
+            waiting = self.pending.get(ci, {})
+            if len(waiting) + 1 < len(c.cover):         # others still to come: store it
+                self.pending.setdefault(ci, {})[index] = self.seams.put(piece)
+                continue
+            pieces = {t: self.seams.get(key) for t, key in self.pending.pop(ci, {}).items()}
+            pieces[index] = piece
+            ready.append((c, self._blend(c, pieces)))
         return ready
 
     def _blend(self, c: Cell, pieces: dict[int, dict[str, torch.Tensor]]) -> dict:
@@ -77,4 +92,8 @@ class CellBlender:
 
     @property
     def pending_pixels(self) -> int:
+        """Pixels of the pieces waiting in the seam store."""
         return sum(self.cells[c].pixels * len(p) for c, p in self.pending.items())
+
+    def close(self) -> None:
+        self.seams.close()

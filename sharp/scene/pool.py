@@ -3,10 +3,11 @@
 Both pools take TileJobs and yield (job index, result) as tiles finish; the driver blends and
 writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
 model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
-shared file system), pins torch to `threads` per worker, and resubmits a tile whose worker died
-to a live worker (up to `retries` times), while Ray restarts the dead one, which gets tiles
-again once a probe call answers; a tile is never written twice because the blend ignores a
-second result for the same tile.
+shared file system), pins torch to `threads` per worker (a local Ray gets exactly workers x
+threads CPUs at normal priority, no task events and an object store sized to the tiles in
+flight, `store_bytes`), and resubmits a tile whose worker died to a live worker (up to `retries`
+times), while Ray restarts the dead one, which gets tiles again once a probe call answers; a
+tile is never written twice because the blend ignores a second result for the same tile.
 """
 from __future__ import annotations
 
@@ -16,7 +17,26 @@ from collections import deque
 from typing import Callable, Iterable, Iterator, Optional
 
 from .errors import SceneError
-from .tile import TileJob, TileSettings, empty_result, run_tile
+from .tile import TileJob, empty_result, run_tile
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Tiles
+    allocate and free arrays of a few sizes over and over; glibc keeps freed chunks (and
+    raises its mmap threshold after the first large free, so later large arrays come from the
+    heap), and a long run's memory would creep up with the number of tiles."""
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
 
 
 class LocalPool:
@@ -24,19 +44,18 @@ class LocalPool:
 
     workers = 1
 
-    def __init__(self, model, settings: TileSettings, vae=None,
-                 on_step: Optional[Callable[[], None]] = None):
+    def __init__(self, model, vae=None, on_step: Optional[Callable[[], None]] = None):
         from sharp.refsr.space import WorkingSpace
-        self.model, self.settings, self.on_step = model, settings, on_step
+        self.model, self.on_step = model, on_step
         self.space = WorkingSpace(model.cfg, vae)
         self.retried = 0
 
     def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[int, dict]]:
         for job in jobs:
             if job.lr is None:                      # all nodata: nothing to compute
-                yield job.index, empty_result(job, self.settings)
+                yield job.index, empty_result(job, job.settings)
             else:
-                yield job.index, run_tile(self.model, self.space, job, self.settings, self.on_step)
+                yield job.index, run_tile(self.model, self.space, job, job.settings, self.on_step)
 
     def close(self) -> None:
         pass
@@ -45,7 +64,7 @@ class LocalPool:
 class _Worker:
     """Ray actor body: one model, tiles in, pieces out."""
 
-    def __init__(self, payload: dict, settings: TileSettings, threads: int, device: str):
+    def __init__(self, payload: dict, threads: int, device: str):
         import torch
         from safetensors.torch import load
 
@@ -62,7 +81,6 @@ class _Worker:
         model.load_state_dict(state)
         self.model = model.to(device).eval()
         self.space = WorkingSpace(cfg)
-        self.settings = settings
 
     def pid(self) -> int:
         return os.getpid()
@@ -70,7 +88,9 @@ class _Worker:
     def run(self, job: TileJob) -> tuple[int, dict]:
         import torch
         with torch.no_grad():
-            return job.index, run_tile(self.model, self.space, job, self.settings)
+            out = job.index, run_tile(self.model, self.space, job, job.settings)
+        release_memory()
+        return out
 
 
 def model_payload(model) -> dict:
@@ -78,6 +98,13 @@ def model_payload(model) -> dict:
     from safetensors.torch import save
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return {"tensors": save(sd), "config": model.cfg.to_json()}
+
+
+def store_bytes(workers: int, tile_bytes: int) -> int:
+    """Object store of a local Ray: the tiles in flight (2 per worker, job and result) with
+    room to spare, at least Ray's minimum. Not more: every process maps the store, and the
+    pages it has touched count in its memory, so a large store looks like growing memory."""
+    return max(80 << 20, 3 * 2 * workers * tile_bytes)
 
 
 RESTART_WAIT_S = 300.0    # how long a restarting worker may take to come back
@@ -93,8 +120,9 @@ def _lost_errors() -> tuple:
 class RayPool:
     """Tiles on `workers` Ray actors (local Ray by default; `address` joins a cluster)."""
 
-    def __init__(self, model, settings: TileSettings, workers: int, threads: int = 1,
-                 address: Optional[str] = None, device: str = "cpu", retries: int = 3):
+    def __init__(self, model, workers: int, threads: int = 1,
+                 address: Optional[str] = None, device: str = "cpu", retries: int = 3,
+                 tile_bytes: int = 16 << 20):
         try:
             import ray
         except ImportError:
@@ -111,15 +139,22 @@ class RayPool:
             if address:
                 ray.init(address=address, **kw)
             else:
-                ray.init(num_cpus=workers * max(1, threads), object_store_memory=256 << 20,
-                         runtime_env={"env_vars": {"PYTHONPATH": here}}, **kw)
+                # Ray starts workers at nice 15 (so they yield to its daemons); our workers ARE
+                # the job, and on a shared machine nice 15 hands their CPU to everyone else.
+                # Task events (for Ray's dashboard, off here) grow every process's memory with
+                # the number of tiles.
+                ray.init(num_cpus=workers * max(1, threads),
+                         object_store_memory=store_bytes(workers, tile_bytes),
+                         runtime_env={"env_vars": {"PYTHONPATH": here}},
+                         _system_config={"worker_niceness": 0, "task_events_report_interval_ms": 0},
+                         **kw)
             self.started = True
         gpus = 1 if device.startswith("cuda") else 0
         actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
                            max_task_retries=0)(_Worker)
         # held for the pool's life: a restarted worker is built from it again
         self.payload = ray.put(model_payload(model))
-        self.actors = [actor.remote(self.payload, settings, threads, device)
+        self.actors = [actor.remote(self.payload, threads, device)
                        for _ in range(workers)]
         self.workers = workers
         self.retries = retries
@@ -156,7 +191,7 @@ class RayPool:
                         exhausted = True
                         break
                     if job.lr is None:                  # all nodata: nothing to compute
-                        yield job.index, empty_result(job, self.settings)
+                        yield job.index, empty_result(job, job.settings)
                         continue
                     queue.append((job, 0))
                 job, tries = queue.popleft()
@@ -204,3 +239,35 @@ class RayPool:
                 pass
         if self.started:
             self.ray.shutdown()
+
+
+class Pools:
+    """The pool tiles run on, started when a scene first has tiles to run (a resumed run with
+    nothing left to compute starts no Ray) and kept for further scenes: tiles carry their
+    scene's settings, so one pool serves any number of scenes. workers 0: this process."""
+
+    def __init__(self, model, workers: int = 0, threads: int = 1, address: Optional[str] = None,
+                 device: str = "cpu", vae=None, hook: Optional[Callable] = None):
+        self.model, self.workers, self.threads = model, workers, threads
+        self.address, self.device, self.vae, self.hook = address, device, vae, hook
+        self.pool = None
+
+    def get(self, tile_bytes: int):
+        if self.pool is None:
+            if self.workers == 0:
+                self.pool = LocalPool(self.model, self.vae)
+            else:
+                self.pool = RayPool(self.model, self.workers, self.threads, self.address,
+                                    self.device, tile_bytes=tile_bytes)
+            if self.hook is not None:
+                self.hook(self.pool)
+        return self.pool
+
+    @property
+    def retried(self) -> int:
+        return self.pool.retried if self.pool is not None else 0
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None

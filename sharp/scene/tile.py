@@ -53,6 +53,7 @@ class TileJob:
     lr_valid: Optional[np.ndarray]        # [rows, cols] bool, None = all valid
     ref: Optional[np.ndarray]             # [3, h, w] float32 in [0, 1], NaN = no Ref
     extra: Optional[np.ndarray] = None    # [E, rows, cols] float32 native values
+    settings: Optional[TileSettings] = None   # its scene's (so one pool serves many scenes)
 
 
 def tensor(a: np.ndarray) -> torch.Tensor:

@@ -107,20 +107,49 @@ def line_steps(img):
     return np.abs(np.diff(f, axis=1)).mean(0), np.abs(np.diff(f, axis=0)).mean(1)
 
 
-def test_no_seams_across_tiles(tmp_path, model):
+def test_no_seams_across_tiles(tmp_path, model, monkeypatch):
     """Per-tile registration differs from tile to tile; the raised-cosine blend hides it: on
     every line where a tile's piece starts or ends, the mean step across the line is what it is
     in the untiled result (float output: no quantisation). A 1-px misregistration seam at one
-    tile edge is measured the same way, so the test can see a seam."""
+    tile edge is measured the same way, so the test can see a seam. And the tiles agree in
+    their overlaps: two tiles' pieces differ there less than a tile differs from the untiled
+    result in its interior, and the blended result is no further from the untiled one in the
+    overlaps than in the interiors (measured: 0.9 vs 2.2 grey levels; 0.95x)."""
     from sharp.refsr.tiling import tile_starts
+    from sharp.scene.blend import CellBlender
+    pieces = {}
+    add = CellBlender.add
+
+    def recording(self, index, arrays):
+        pieces[index] = (self.tiles[index].box(self.height, self.width), arrays["sr"].numpy().copy())
+        return add(self, index, arrays)
+
+    monkeypatch.setattr(CellBlender, "add", recording)
     lr, _, ref = triplet()
     lr, ref = lr[:60, :60], ref[:240, :240]
     a = write_tif(tmp_path / "lr.tif", lr.astype(np.float32), lr_transform())
     b = write_tif(tmp_path / "ref.tif", ref, lr_transform(0.6))
     kw = dict(steps=2, value_range="0,255")
     s = super_resolve_scene(a, b, tmp_path / "t.tif", model, tile=96, overlap=32, **kw)
+    tiled_pieces = dict(pieces)
     super_resolve_scene(a, b, tmp_path / "o.tif", model, tile=512, **kw)
     img, one = read(tmp_path / "t.tif"), read(tmp_path / "o.tif")
+    cover = np.zeros((240, 240), int)
+    for (y, x, h, w), _ in tiled_pieces.values():
+        cover[y:y + h, x:x + w] += 1
+    disagree, interior = [], []
+    for i, ((y, x, h, w), p) in tiled_pieces.items():
+        alone = cover[y:y + h, x:x + w] == 1
+        interior.append(np.abs(255 * p - one[:, y:y + h, x:x + w]).mean(0)[alone])
+        for j, ((y2, x2, h2, w2), q) in tiled_pieces.items():
+            ya, yb, xa, xb = max(y, y2), min(y + h, y2 + h2), max(x, x2), min(x + w, x2 + w2)
+            if j > i and ya < yb and xa < xb:
+                disagree.append(255 * np.abs(p[:, ya - y:yb - y, xa - x:xb - x] -
+                                             q[:, ya - y2:yb - y2, xa - x2:xb - x2]).mean(0).ravel())
+    assert len(tiled_pieces) == 16
+    assert np.concatenate(disagree).mean() < np.concatenate(interior).mean()
+    diff = np.abs(img.astype(np.float64) - one).mean(0)
+    assert diff[cover > 1].mean() < 1.25 * diff[cover == 1].mean()
     starts = tile_starts(240, 96, 32)
     lines = sorted({v for t in starts[1:] for v in (t - 1, t + 32 - 1)} | {t + 95 for t in starts[:-1]})
     ox, oy = line_steps(one)

@@ -8,6 +8,7 @@ from sharp.refsr.data import upsample
 from sharp.refsr.tiling import run_tiled
 from sharp.scene.blend import CellBlender
 from sharp.scene.plan import lr_window, make_cells, make_tiles
+from sharp.scene.seams import open_seams
 from sharp.scene.tile import TileJob, _window_up
 
 
@@ -23,8 +24,10 @@ def test_cells_partition_the_image(h, w, tile, overlap):
     assert bool((cover == 1).all())
 
 
-def test_blend_is_run_tiled_in_any_order():
-    """Pieces arriving in any order give the same bits as run_tiled (which adds in plan order)."""
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_blend_is_run_tiled_in_any_order(on_disk, tmp_path):
+    """Pieces arriving in any order give the same bits as run_tiled (which adds in plan order),
+    with the waiting pieces in memory or in the seam file on disk (what scenes use)."""
     h, w, tile, overlap = 150, 170, 64, 24
     tiles = make_tiles(h, w, 1, tile, overlap)
     pieces = {t.index: torch.rand(1, 3, t.h, t.w, generator=torch.Generator().manual_seed(t.index))
@@ -35,7 +38,8 @@ def test_blend_is_run_tiled_in_any_order():
     for seed in (0, 1):
         order = [t.index for t in tiles]
         random.Random(seed).shuffle(order)
-        blender = CellBlender(tiles, cells, h, w, overlap)
+        blender = CellBlender(tiles, cells, h, w, overlap,
+                              seams=open_seams(tmp_path if on_disk else None))
         got = torch.full((3, h, w), float("nan"))
         for i in order:
             t = tiles[i]
@@ -43,7 +47,11 @@ def test_blend_is_run_tiled_in_any_order():
                 got[:, c.y0:c.y1, c.x0:c.x1] = arr["sr"]
                 blender.mark_done(c.index)
             assert blender.add(i, {"sr": pieces[i][0]}) == []     # a retried tile is ignored
-        assert torch.equal(got, want)
+        assert torch.equal(got, want) and not blender.pending
+        if on_disk:     # slots are reused: the file holds at most the widest front, not all seams
+            seam_px = sum(c.pixels * (len(c.cover) - 1) for c in cells)
+            assert 0 < blender.seams.file_bytes < seam_px * 3 * 4
+        blender.close()
 
 
 @pytest.mark.parametrize("scale", [2, 4, 8])

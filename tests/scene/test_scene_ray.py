@@ -57,3 +57,26 @@ def test_one_vs_two_workers_and_a_killed_worker(tmp_path, cluster, scene):
     assert killed and s["tiles_retried"] >= 1
     assert s["cells_written"] == s["cells"] and s["tiles_run"] == s["tiles"]
     assert np.array_equal(one, read(tmp_path / "k.tif"))
+
+
+def test_noise_and_batches_on_two_workers(tmp_path, cluster, scene):
+    """At temperature 1 (16 tiles, each drawing the position-keyed noise of its window): this
+    process and 2 Ray workers give the same bits. Two scenes of a batch share one pool (2
+    workers started once) and each equals its single-scene run."""
+    from sharp.scene import Pair, super_resolve_scenes
+    model = load_dsdit(DEFAULT_CHECKPOINT)
+    a, b = scene
+    noisy = dict(KW, temperature=1.0, seed=5)
+    super_resolve_scene(a, b, tmp_path / "n0.tif", model, workers=0, **noisy)
+    super_resolve_scene(a, b, tmp_path / "n2.tif", model, workers=2, **noisy)
+    n0 = read(tmp_path / "n0.tif")
+    assert np.array_equal(n0, read(tmp_path / "n2.tif"))
+    super_resolve_scene(a, b, tmp_path / "plain.tif", model, **KW)
+    assert not np.array_equal(n0, read(tmp_path / "plain.tif"))     # the noise did something
+    pools = []
+    r = super_resolve_scenes([Pair(a, b, tmp_path / "s1.tif"), Pair(a, None, tmp_path / "s2.tif")],
+                             model, workers=2, pool_hook=pools.append, **noisy)
+    assert len(pools) == 1 and len(r["scenes"]) == 2
+    assert np.array_equal(read(tmp_path / "s1.tif"), n0)
+    super_resolve_scene(a, None, tmp_path / "lr_only.tif", model, **noisy)
+    assert np.array_equal(read(tmp_path / "s2.tif"), read(tmp_path / "lr_only.tif"))
