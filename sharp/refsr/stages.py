@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from .flow import euler_sample
-from .limits import tile_geometry  # noqa: F401  (one rounding rule, re-exported for the scene path)
 from .registration import align_reference, refine_local
 from .transfer import gated_detail
 

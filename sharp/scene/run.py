@@ -153,7 +153,7 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
                overwrite: bool = False) -> Scene:
     """Open, check and plan one scene; nothing is written. The caller closes the Scene."""
     from sharp.refsr.api import sampling_settings
-    from sharp.refsr.stages import tile_geometry
+    from sharp.refsr.limits import tile_geometry
     check_options(scale, steps, 0, 1, tile, overlap, min_overlap, extra)
     out, part, jpath = output_paths(out_path, resume, overwrite)
     lr = open_raster(lr_path, "LR")
