@@ -46,7 +46,7 @@ def server(tmp_path_factory):
 def _shipped(server) -> str:
     spec = server.object_info["SHARPLoadDSDiT"]["input"]["required"]["ckpt_name"]
     options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]
-    return next(o for o in options if o.startswith("dsdit_small.safetensors"))
+    return next(o for o in options if o.startswith("shipped:"))
 
 
 def _prompt(server, output_name="scene_sr.tif", **kw):
