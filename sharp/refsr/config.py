@@ -50,7 +50,7 @@ class DSDiTConfig:
     res_scale: float = 15.0   # (0, 1e4], finite; ~1 / std of the pixel residual in [-1, 1] on RRSSRD
     # What the network outputs: "v" (the velocity x1 - x0) or "x1" (the clean target itself; the
     # velocity is then (x1_hat - x_t) / (1 - t)). With "x1", one Euler step from temperature-1 noise
-    # returns x1_hat(x0, t=0), the conditional-mean (PSNR-optimal) estimate, on the training
+    # returns x1_hat(x0, tau=0), the conditional-mean (PSNR-optimal) estimate, on the training
     # distribution; more steps give textured samples as before.
     predict: str = "v"
     scale: int = 4           # [1, 16]; SR factor the checkpoint was trained for (x2, x8 also run)

@@ -1,9 +1,9 @@
 """DS-DiT: Decoupled Siamese Diffusion Transformer for reference-based RS super-resolution.
 
-    x_t  (noisy target, working-space grid)  -> patchify -> tokens x         [B, H/p, W/p, D]
+    x_tau (noisy target, working-space grid) -> patchify -> tokens x         [B, H/p, W/p, D]
     LR   (upsampled to the target grid)      -> Siamese encoder + e_LR  c_LR [B, H/p, W/p, D]
     Ref  (registered HR reference)           -> Siamese encoder + e_Ref c_Ref
-    per block: adaLN(t); h_LR, h_Ref = decoupled attention; w = PLW(x, c_LR, c_Ref);
+    per block: adaLN(tau); h_LR, h_Ref = decoupled attention; w = PLW(x, c_LR, c_Ref);
                x += gate * (w * h_LR + (1 - w) * h_Ref); x += gate * MLP(x)
     final adaLN + linear -> unpatchify -> velocity v                         [B, C, H, W]
 
@@ -37,11 +37,11 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return F.pixel_shuffle(rearrange(x, "b h w c -> b c h w"), p)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """t: [B] in [0, 1] -> sinusoidal features [B, dim]."""
+def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flow time tau: [B] in [0, 1] (0 = noise, sharp.refsr.flow) -> sinusoidal features [B, dim]."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-    args = 1000.0 * t[:, None].float() * freqs[None]
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=tau.device) / half)
+    args = 1000.0 * tau[:, None].float() * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -90,7 +90,7 @@ class DSDiTBlock(nn.Module):
         """x, c_*: [B, H, W, D]; temb: [B, D]; ref_on: [B] bool (False = Ref dropped, w = 1).
 
         Returns (x, w) with w [B, H, W, 1] or None when no Ref is given."""
-        # adaLN-zero: shift, scale and gate of the attention and of the MLP sub-layer, from t
+        # adaLN-zero: shift, scale and gate of the attention and of the MLP sub-layer, from tau
         (shift_attn, scale_attn, gate_attn,
          shift_mlp, scale_mlp, gate_mlp) = self.ada(F.silu(temb)).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift_attn, scale_attn)
@@ -158,7 +158,7 @@ class DSDiT(nn.Module):
 
         ref_conf: [B, 1, H, W] matching confidence in [0, 1] at image resolution (needed when
         cfg.ref_confidence; from `align_reference`). ref_on: [B] bool, training's Ref dropout.
-        They do not depend on x_t or t: samplers compute them once and pass `conds`."""
+        They do not depend on x_tau or tau: samplers compute them once and pass `conds`."""
         if self.cfg.weak_ref == "null":
             ref, ref_conf = self.null_reference(lr, ref, ref_conf, ref_on)
         c_lr = self.encoder(self.condition_input(lr), SiameseEncoder.LR)
@@ -174,35 +174,35 @@ class DSDiT(nn.Module):
             c_ref = c_ref + self.conf_embed(rearrange(conf, "b one h w -> b h w one"))
         return c_lr, c_ref
 
-    def forward(self, x_t, t, lr, ref=None, ref_on=None, return_weights=False, conds=None,
+    def forward(self, x_tau, tau, lr, ref=None, ref_on=None, return_weights=False, conds=None,
                 ref_conf=None, clean=False):
-        """The velocity [B, C, H, W] (see `network`); for cfg.predict "x1" it is derived from the
-        clean estimate, v = (x1_hat - x_t) / (1 - t). clean=True returns the clean estimate
-        x1_hat = x_t + (1 - t) v instead (exact for predict "x1"); through forward so that
-        DistributedDataParallel sees it."""
-        out, weights = self.network(x_t, t, lr, ref, ref_on, conds, ref_conf)
-        rest = (1.0 - t)[:, None, None, None]
+        """The velocity [B, C, H, W] at flow time tau [B] (0 = noise; see `network`); for cfg.predict
+        "x1" it is derived from the clean estimate, v = (x1_hat - x_tau) / (1 - tau). clean=True
+        returns the clean estimate x1_hat = x_tau + (1 - tau) v instead (exact for predict "x1");
+        through forward so that DistributedDataParallel sees it."""
+        out, weights = self.network(x_tau, tau, lr, ref, ref_on, conds, ref_conf)
+        rest = (1.0 - tau)[:, None, None, None]
         if clean and self.cfg.predict == "v":
-            out = x_t + rest * out
+            out = x_tau + rest * out
         elif not clean and self.cfg.predict == "x1":
-            out = (out - x_t) / rest.clamp_min(1e-4)
+            out = (out - x_tau) / rest.clamp_min(1e-4)
         return (out, weights) if return_weights else out
 
-    def denoise(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
+    def denoise(self, x_tau, tau, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
         """The clean estimate x1_hat [B, C, H, W] (forward with clean=True)."""
-        return self(x_t, t, lr, ref, ref_on, conds=conds, ref_conf=ref_conf, clean=True)
+        return self(x_tau, tau, lr, ref, ref_on, conds=conds, ref_conf=ref_conf, clean=True)
 
-    def network(self, x_t, t, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
-        """x_t, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); t: [B].
+    def network(self, x_tau, tau, lr, ref=None, ref_on=None, conds=None, ref_conf=None):
+        """x_tau, lr, ref: [B, C, H, W] working-space grids (H, W multiples of patch); tau: [B] flow time.
         ref_conf: [B, 1, H', W'] matching confidence at image resolution (see encode_conditions).
         conds: optional precomputed encode_conditions(...) (then lr/ref are not re-encoded).
 
         Returns (the raw output [B, C, H, W]: velocity or x1 by cfg.predict, per-block PLW maps)."""
         p = self.cfg.patch
-        if x_t.shape[-2] % p or x_t.shape[-1] % p:
-            raise ValueError(f"grid size {tuple(x_t.shape[-2:])} is not a multiple of patch {p}")
-        x = self.x_embed(patchify(x_t, p))                                 # [B, h, w, D]
-        temb = self.t_embed(timestep_embedding(t, self.cfg.dim))           # [B, D]
+        if x_tau.shape[-2] % p or x_tau.shape[-1] % p:
+            raise ValueError(f"grid size {tuple(x_tau.shape[-2:])} is not a multiple of patch {p}")
+        x = self.x_embed(patchify(x_tau, p))                               # [B, h, w, D]
+        temb = self.t_embed(timestep_embedding(tau, self.cfg.dim))         # [B, D]
         c_lr, c_ref = conds if conds is not None else self.encode_conditions(lr, ref, ref_conf, ref_on)
         branch_on = ref_on if self.cfg.weak_ref == "off" else None      # "null": done in encoding
         weights = []

@@ -14,7 +14,7 @@ from sharp.refsr.api import default_steps
 from sharp.refsr.checkpoint import save_checkpoint
 from sharp.refsr.config import PRESETS, DSDiTConfig
 from sharp.refsr.data import RefSRDataset, TripletFolder, load_image, rrssrd_degrade
-from sharp.refsr.flow import euler_sample, flow_loss, sample_t
+from sharp.refsr.flow import euler_sample, flow_loss, sample_tau
 from sharp.refsr.model import DSDiT
 from sharp.refsr.registration import align_reference
 
@@ -83,10 +83,10 @@ def test_x1_loss_is_the_regression_error_of_the_clean_estimate():
 
 
 def test_t0_share():
-    t = sample_t(20000, torch.Generator().manual_seed(0), t0_prob=0.3)
+    t = sample_tau(20000, torch.Generator().manual_seed(0), t0_prob=0.3)
     assert float((t == 0).float().mean()) == pytest.approx(0.3, abs=0.015)
-    plain = sample_t(1000, torch.Generator().manual_seed(0))
-    assert float(plain.min()) > 0 and torch.equal(plain, sample_t(1000, torch.Generator().manual_seed(0), 0.0))
+    plain = sample_tau(1000, torch.Generator().manual_seed(0))
+    assert float(plain.min()) > 0 and torch.equal(plain, sample_tau(1000, torch.Generator().manual_seed(0), 0.0))
 
 
 def test_config_predict_field():
