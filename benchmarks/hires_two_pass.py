@@ -1,4 +1,4 @@
-"""Two-pass hires fix with SHARP on a tiny model (issue 11, item 4): HF energy of the second pass vs a single
+"""Two-pass hires fix with SHARP on a tiny model: HF energy of the second pass vs a single
 pass, for the two time schedules of the second pass (sharp/hires.py), figures side by side in one run.
 
     SHARP_COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python benchmarks/hires_two_pass.py [--seeds 4]

@@ -1,4 +1,4 @@
-"""GeoTIFF scene path (issue 12): peak memory and throughput vs scene size and worker count.
+"""GeoTIFF scene path: peak memory and throughput vs scene size and worker count.
 
     python benchmarks/refsr_scene.py [--sizes 2048 8192 16384] [--workers 1 2] [--steps 1]
                                      [--ref-transfer 0] [--tiny] [--repeat N] [--json out.json]
