@@ -27,7 +27,7 @@ import pytest
 
 import workflow_check as W
 from comfyui_harness import ROOT, skip_without_comfyui
-from test_comfyui_server import Server
+from test_comfyui_server import H, Server  # noqa: F401  (H: ComfyUI importable, the pack runs in the server)
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
@@ -71,14 +71,6 @@ def _write_standins(models: str) -> None:
             for m in node.get("properties", {}).get("models", []):
                 os.makedirs(os.path.join(models, m["directory"]), exist_ok=True)
                 open(os.path.join(models, m["directory"], m["name"]), "wb").close()
-
-
-@pytest.fixture(scope="module")
-def H():
-    import comfyui_harness
-
-    comfyui_harness.import_comfy()
-    return comfyui_harness
 
 
 @pytest.fixture(scope="module")
