@@ -51,11 +51,9 @@ def server(H, tmp_path_factory):
     from sharp.refsr.checkpoint import read_checkpoint, save_checkpoint
     from refsr.refsr_helpers import TINY, randomised
     from test_bad_inputs import good_folder
-    from test_comfyui_server import Server
+    from test_comfyui_server import Server, pack_base
 
-    base = str(tmp_path_factory.mktemp("comfy_bad_base"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    base = pack_base(tmp_path_factory, "comfy_bad_base")
     os.makedirs(os.path.join(base, "input"))
     for name, src in INPUTS.items():
         shutil.copy(os.path.join(ROOT, "examples", "refsr", src), os.path.join(base, "input", name))

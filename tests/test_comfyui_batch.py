@@ -41,9 +41,9 @@ def _batch_python() -> str:
 def base(H, tmp_path_factory):
     """ComfyUI base directory: custom_nodes/ links this checkout; input/ holds the workflow's default
     images; models/ the tiny-Flux stand-ins."""
-    d = str(tmp_path_factory.mktemp("batch_base"))
-    os.makedirs(os.path.join(d, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(d, "custom_nodes", "comfyui-sharp"))
+    from test_comfyui_server import pack_base
+
+    d = pack_base(tmp_path_factory, "batch_base")
     os.makedirs(os.path.join(d, "input"))
     for name, src in {"sharp_refsr_lr.jpg": "lr.jpg", "sharp_refsr_ref.jpg": "ref.jpg"}.items():
         shutil.copy(os.path.join(ROOT, "examples", "refsr", src), os.path.join(d, "input", name))

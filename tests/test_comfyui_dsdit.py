@@ -167,11 +167,9 @@ def server(H, tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from test_comfyui_server import Server
+    from test_comfyui_server import Server, pack_base
 
-    base = str(tmp_path_factory.mktemp("comfy_dsdit_base"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    base = pack_base(tmp_path_factory, "comfy_dsdit_base")
     os.makedirs(os.path.join(base, "input"))
     for name, src in INPUTS.items():  # what docs/dsdit_nodes.md tells users to do
         shutil.copy(os.path.join(ROOT, "examples", "refsr", src), os.path.join(base, "input", name))

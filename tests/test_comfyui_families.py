@@ -258,11 +258,9 @@ MODEL_FILE_INPUTS = ("UNETLoader.unet_name", "CLIPLoader.clip_name", "DualCLIPLo
 
 @pytest.fixture(scope="module")
 def family_server(H, tmp_path_factory):
-    from test_comfyui_server import Server
+    from test_comfyui_server import Server, pack_base
 
-    base = str(tmp_path_factory.mktemp("comfy_family_base"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(H.ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    base = pack_base(tmp_path_factory, "comfy_family_base")
     with Server.running(base) as srv:
         yield srv
 

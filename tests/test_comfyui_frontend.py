@@ -26,12 +26,11 @@ import urllib.request
 import pytest
 
 import workflow_check as W
-from comfyui_harness import ROOT, skip_without_comfyui
-from test_comfyui_server import H, Server  # noqa: F401  (H: ComfyUI importable, the pack runs in the server)
+from comfyui_harness import skip_without_comfyui
+from test_comfyui_server import PACK_FOLDER, H, Server, pack_base  # noqa: F401  (H: ComfyUI importable, the pack runs in the server)
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
-PACK = "comfyui-sharp"
 CHROMIUM = os.environ.get("SHARP_CHROMIUM", "/usr/bin/chromium")
 WORKFLOWS = sorted(glob.glob(os.path.join(W.UI_DIR, "*.json")))
 NAMES = [os.path.basename(p)[:-5] for p in WORKFLOWS]
@@ -77,9 +76,7 @@ def _write_standins(models: str) -> None:
 def server(H, tmp_path_factory):
     sync_playwright = _playwright()  # skip before starting anything
     del sync_playwright
-    base = str(tmp_path_factory.mktemp("comfy_frontend"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK))
+    base = pack_base(tmp_path_factory, "comfy_frontend")
     _write_standins(os.path.join(base, "models"))
     with Server.running(base) as srv:
         # not a first visit: no Templates browser popping up over the graphs (its own test opens it)
@@ -191,12 +188,12 @@ def _pack_errors(errors: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_template_is_served_with_thumbnail(server, name):
-    status, ctype, body = _get(f"{server.url}/api/workflow_templates/{PACK}/{name}.json")
+    status, ctype, body = _get(f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{name}.json")
     assert status == 200 and json.loads(body)["nodes"]
-    status, ctype, body = _get(f"{server.url}/api/workflow_templates/{PACK}/{name}.jpg")
+    status, ctype, body = _get(f"{server.url}/api/workflow_templates/{PACK_FOLDER}/{name}.jpg")
     assert status == 200 and body[:3] == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
     listed = json.loads(_get(f"{server.url}/api/workflow_templates")[2])
-    assert name in listed[PACK]
+    assert name in listed[PACK_FOLDER]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -262,7 +259,7 @@ def test_every_template_opens_from_the_templates_browser(server, browser, shots)
     opened = {}
     for i, name in enumerate(NAMES):
         page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
-        page.get_by_text(PACK, exact=True).first.click()
+        page.get_by_text(PACK_FOLDER, exact=True).first.click()
         page.wait_for_timeout(800)
         if i == 0:
             page.screenshot(path=os.path.join(shots, "templates_browser.png"))

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from comfyui_harness import ROOT, skip_without_comfyui
+from comfyui_harness import skip_without_comfyui
 
 pytestmark = [pytest.mark.comfyui, skip_without_comfyui]
 
@@ -27,13 +27,11 @@ SETTINGS = dict(scale=4, steps=1, tile_size=128, overlap=32, seed=0)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from scene.scene_helpers import RRSSRD, lr_transform, triplet, write_tif
-    from test_comfyui_server import Server
+    from test_comfyui_server import Server, pack_base
 
     if not (RRSSRD / "val_1st").is_dir():
         pytest.skip(f"RRSSRD test data not found at {RRSSRD}")
-    base = str(tmp_path_factory.mktemp("comfy_scene_base"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    base = pack_base(tmp_path_factory, "comfy_scene_base")
     inp = os.path.join(base, "input")
     os.makedirs(inp)
     lr, _, ref = triplet()

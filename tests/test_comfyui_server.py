@@ -98,6 +98,18 @@ def _random_clip_l(seed: int = 0) -> dict:
 
 # --- the server --------------------------------------------------------------------------------------
 
+PACK_FOLDER = "comfyui-sharp"
+"""The pack's folder name under custom_nodes (the Templates browser lists its workflows under it)."""
+
+
+def pack_base(tmp_path_factory, prefix: str) -> str:
+    """A fresh ComfyUI base directory with this checkout installed as custom_nodes/comfyui-sharp."""
+    base = str(tmp_path_factory.mktemp(prefix))
+    os.makedirs(os.path.join(base, "custom_nodes"))
+    os.symlink(ROOT, os.path.join(base, "custom_nodes", PACK_FOLDER))
+    return base
+
+
 class Server:
     def __init__(self, base: str):
         import comfyui_harness as H
@@ -187,9 +199,7 @@ def H():
 
 @pytest.fixture(scope="module")
 def server(H, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("comfy_base"))
-    os.makedirs(os.path.join(base, "custom_nodes"))
-    os.symlink(ROOT, os.path.join(base, "custom_nodes", "comfyui-sharp"))
+    base = pack_base(tmp_path_factory, "comfy_base")
     _write_standins(os.path.join(base, "models"))
     try:
         with Server.running(base) as srv:
