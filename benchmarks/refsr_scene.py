@@ -86,28 +86,26 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _proc_bytes(pid: int, file: str, field: str) -> int:
+    """A "<field>: N kB" line of /proc/<pid>/<file> in bytes; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{file}") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _pss(pid: int) -> int:
     """Proportional set size: pages shared between processes (Ray's object store, mapped by the
     driver and every worker) counted once in a sum, not once per process as RSS counts them."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes(pid, "smaps_rollup", "Pss")
 
 
 def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_bytes(pid, "status", "VmRSS")
 
 
 def tiny_model():
