@@ -1,7 +1,7 @@
 """How much of the missing detail does an RRSSRD Ref hold? (model-free)
 
     python benchmarks/refsr_reference_information.py [--data DIR] [--fit DIR ...] [--limit N]
-                                                     [--json out.json]
+                                                     [--ckpt CKPT | --no-network] [--json out.json]
 
 The detail a x4 SR model must add is r = HR - bicubic(LR). The Ref's comparable detail is
 d = Ref - bicubic(down(Ref)) after aligning the Ref to bicubic(LR) with
@@ -16,6 +16,10 @@ block-matching warp). Per image, for the true Ref and another scene's Ref (the n
                conf the matching confidence of align_reference), lambda fitted by least squares
                on the --fit folders (training data: val_1st + val_2nd), bicubic as the base
 The gap true - wrong is what the Ref's content is worth to each rule.
+With a DS-DiT checkpoint (--ckpt; default the shipped one, --no-network skips it) one more row,
+"network" alignment "local": the same oracle-gate on top of the network's no-Ref output
+(r = HR - SR_weak): what copying the Ref's aligned detail could still add to a model that has
+already taken what the LR tells, i.e. a ceiling for any Ref effect of this kind.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=0, help="number of images (0 = all)")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--block", type=int, default=16, help="block side of oracle-gate")
+    p.add_argument("--ckpt", help="DS-DiT checkpoint for the network row (default: the shipped one)")
+    p.add_argument("--no-network", action="store_true", help="skip the network row")
     p.add_argument("--json")
     args = p.parse_args(argv)
 
@@ -80,17 +86,26 @@ def main(argv=None) -> int:
     print(f"transfer gain lambda = {gain:.4f} (p = {CONF_POWER:g}), fitted on {len(args.fit)} folder(s)",
           flush=True)
 
+    model = None
+    if not args.no_network:
+        from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
+        model = load_dsdit(args.ckpt or DEFAULT_CHECKPOINT)
+
     folder = TripletFolder(args.data)
     n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
     modes = ("none", "global", "local")
     rules = ("corr", "oracle", "oracle-gate", "transfer")
     rows = {(m, which, rule): [] for m in modes for which in ("true", "wrong") for rule in rules}
+    if model is not None:
+        rows.update({("network", which, "oracle-gate"): [] for which in ("true", "wrong")})
     for i in range(n):
         hr, lr, ref = folder.load(i)
         wrong = folder.load((i + 1) % len(folder))[2]
         up = upsample(lr, hr.shape[-2:])
         r = hr - up
         base = psnr(up, hr)
+        if model is not None:   # the network's no-Ref output [1, 3, H, W]
+            weak = super_resolve(model, lr[0].permute(1, 2, 0), None, scale=s).permute(2, 0, 1)[None]
         for which, cand in (("true", ref), ("wrong", wrong)):
             for m in modes:
                 aligned, conf = align_reference(cand, up, s, "global" if m == "none" else m,
@@ -101,20 +116,24 @@ def main(argv=None) -> int:
                 rows[(m, which, "oracle")].append(psnr(up + a * d, hr) - base)
                 rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d) * d, hr) - base)
                 rows[(m, which, "transfer")].append(psnr(up + gain * conf ** CONF_POWER * d, hr) - base)
+                if model is not None and m == "local":
+                    rn = hr - weak
+                    rows[("network", which, "oracle-gate")].append(
+                        psnr(weak + block_gate(rn, d) * d, hr) - psnr(weak, hr))
         print(f"[{i + 1}/{n}] {folder.names[i]}: local true/wrong oracle-gate "
               f"{rows[('local', 'true', 'oracle-gate')][-1]:+.3f}/{rows[('local', 'wrong', 'oracle-gate')][-1]:+.3f} dB",
               flush=True)
     mean = {k: float(np.mean(v)) for k, v in rows.items()}
-    print(f"\n{n} images of {args.data}; PSNR gains over bicubic in dB (corr: correlation)\n")
+    print(f"\n{n} images of {args.data}; PSNR gains over bicubic in dB (corr: correlation; the network row: over the network's no-Ref output)\n")
     print("| alignment | rule | true Ref | wrong Ref | true - wrong |\n|---|---|---|---|---|")
-    for m in modes:
-        for rule in rules:
-            t, w = mean[(m, "true", rule)], mean[(m, "wrong", rule)]
-            print(f"| {m} | {rule} | {t:+.3f} | {w:+.3f} | {t - w:+.3f} |")
+    for m, rule in [(m, rule) for m in modes for rule in rules] + (
+            [("network", "oracle-gate")] if model is not None else []):
+        t, w = mean[(m, "true", rule)], mean[(m, "wrong", rule)]
+        print(f"| {m} | {rule} | {t:+.3f} | {w:+.3f} | {t - w:+.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"images": n, "data": str(args.data), "fit": args.fit, "transfer_gain": gain,
-             "conf_power": CONF_POWER,
+             "conf_power": CONF_POWER, "network_ckpt": None if model is None else str(args.ckpt or "shipped"),
              "mean": {"/".join(k): v for k, v in mean.items()}}, indent=1))
     return 0
 
