@@ -41,10 +41,6 @@ class DSDiTConfig:
     # Add the per-pixel matching confidence (block NCC of Ref and upsampled LR) to the Ref
     # tokens, so attention and PLW know where the Ref can be trusted.
     ref_confidence: bool = False
-    # Patch-level weighting: "free" (w as the PLW module predicts it) or "confidence" (the Ref
-    # branch's share 1 - w is scaled by the patch's matching confidence, mean of conf^p with p =
-    # transfer.CONF_POWER: where the Ref does not match the LR, w -> 1 whatever the network says).
-    plw_gate: str = "free"
     # The weak (no-Ref) prediction: "off" switches the Ref branch off (w = 1); "null" feeds the
     # upsampled LR as a null Ref with zero confidence, so the Ref and no-Ref predictions use the
     # same network capacity and differ only in the reference content.
@@ -112,8 +108,6 @@ class DSDiTConfig:
             raise ValueError(f"config.ref_align must be 'global' or 'local', got {short_repr(self.ref_align)}")
         if self.weak_ref not in ("off", "null"):
             raise ValueError(f"config.weak_ref must be 'off' or 'null', got {short_repr(self.weak_ref)}")
-        if self.plw_gate not in ("free", "confidence"):
-            raise ValueError(f"config.plw_gate must be 'free' or 'confidence', got {short_repr(self.plw_gate)}")
         if self.predict not in ("v", "x1"):
             raise ValueError(f"config.predict must be 'v' or 'x1', got {short_repr(self.predict)}")
         if self.target not in ("residual", "direct"):

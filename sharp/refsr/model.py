@@ -3,8 +3,7 @@
     x_tau (noisy target, working-space grid) -> patchify -> tokens x         [B, H/p, W/p, D]
     LR   (upsampled to the target grid)      -> Siamese encoder + e_LR  c_LR [B, H/p, W/p, D]
     Ref  (registered HR reference)           -> Siamese encoder + e_Ref c_Ref
-    per block: adaLN(tau); h_LR, h_Ref = decoupled attention; w = PLW(x, c_LR, c_Ref)
-               (plw_gate "confidence": w = 1 - c^p (1 - w), c the patch's matching confidence);
+    per block: adaLN(tau); h_LR, h_Ref = decoupled attention; w = PLW(x, c_LR, c_Ref);
                x += gate * (w * h_LR + (1 - w) * h_Ref); x += gate * MLP(x)
     final adaLN + linear -> unpatchify -> velocity v                         [B, C, H, W]
 
@@ -24,7 +23,7 @@ from torch import nn
 
 from .attention import DecoupledAttention
 from .config import DSDiTConfig
-from .plw import PatchLevelWeighting, confidence_gate, fuse, patch_confidence
+from .plw import PatchLevelWeighting, fuse
 from .registration import low_pass
 
 
@@ -87,9 +86,8 @@ class DSDiTBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)   # adaLN-zero: every block starts as the identity
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, temb, c_lr, c_ref=None, ref_on=None, match=None):
-        """x, c_*: [B, H, W, D]; temb: [B, D]; ref_on: [B] bool (False = Ref dropped, w = 1);
-        match: [B, H, W, 1] per-patch matching confidence (cfg.plw_gate "confidence") or None.
+    def forward(self, x, temb, c_lr, c_ref=None, ref_on=None):
+        """x, c_*: [B, H, W, D]; temb: [B, D]; ref_on: [B] bool (False = Ref dropped, w = 1).
 
         Returns (x, w) with w [B, H, W, 1] or None when no Ref is given."""
         # adaLN-zero: shift, scale and gate of the attention and of the MLP sub-layer, from tau
@@ -101,8 +99,6 @@ class DSDiTBlock(nn.Module):
             w, mix = None, h_lr
         else:
             w = self.plw(h, c_lr, c_ref)
-            if match is not None:
-                w = confidence_gate(w, match)
             if ref_on is not None:
                 w = torch.where(ref_on[:, None, None, None], w, torch.ones_like(w))
             mix = fuse(w, h_lr, h_ref)
@@ -158,9 +154,7 @@ class DSDiT(nn.Module):
         return self.cfg.unit // self.cfg.patch
 
     def encode_conditions(self, lr, ref=None, ref_conf=None, ref_on=None):
-        """Siamese encoding of the condition grids -> (c_LR, c_Ref or None, match or None):
-        tokens [B, h, w, D] and, for cfg.plw_gate "confidence", the per-patch matching
-        confidence [B, h, w, 1] that gates the PLW (plw.patch_confidence).
+        """Siamese encoding of the condition grids -> (c_LR, c_Ref or None), [B, h, w, D].
 
         ref_conf: [B, 1, H, W] matching confidence in [0, 1] at image resolution (needed when
         cfg.ref_confidence; from `align_reference`). ref_on: [B] bool, training's Ref dropout.
@@ -169,18 +163,16 @@ class DSDiT(nn.Module):
             ref, ref_conf = self.null_reference(lr, ref, ref_conf, ref_on)
         c_lr = self.encoder(self.condition_input(lr), SiameseEncoder.LR)
         if ref is None:
-            return c_lr, None, None
+            return c_lr, None
         c_ref = self.encoder(self.condition_input(ref), SiameseEncoder.REF)
-        gated = self.cfg.plw_gate == "confidence"
-        if (self.cfg.ref_confidence or gated) and ref_conf is None:
-            raise ValueError("this DS-DiT checkpoint needs the Ref's matching confidence: "
-                             "align the Ref with sharp.refsr.align_reference (super_resolve "
-                             "does this)")
         if self.cfg.ref_confidence:
+            if ref_conf is None:
+                raise ValueError("this DS-DiT checkpoint needs the Ref's matching confidence: "
+                                 "align the Ref with sharp.refsr.align_reference (super_resolve "
+                                 "does this)")
             conf = F.avg_pool2d(ref_conf.to(c_ref.dtype), self.cfg.unit)      # [B, 1, h, w]
             c_ref = c_ref + self.conf_embed(rearrange(conf, "b one h w -> b h w one"))
-        match = patch_confidence(ref_conf.to(c_ref.dtype), self.cfg.unit) if gated else None
-        return c_lr, c_ref, match
+        return c_lr, c_ref
 
     def forward(self, x_tau, tau, lr, ref=None, ref_on=None, return_weights=False, conds=None,
                 ref_conf=None, clean=False):
@@ -211,11 +203,11 @@ class DSDiT(nn.Module):
             raise ValueError(f"grid size {tuple(x_tau.shape[-2:])} is not a multiple of patch {p}")
         x = self.x_embed(patchify(x_tau, p))                               # [B, h, w, D]
         temb = self.t_embed(timestep_embedding(tau, self.cfg.dim))         # [B, D]
-        c_lr, c_ref, match = conds if conds is not None else self.encode_conditions(lr, ref, ref_conf, ref_on)
+        c_lr, c_ref = conds if conds is not None else self.encode_conditions(lr, ref, ref_conf, ref_on)
         branch_on = ref_on if self.cfg.weak_ref == "off" else None      # "null": done in encoding
         weights = []
         for block in self.blocks:
-            x, w = block(x, temb, c_lr, c_ref, branch_on, match)
+            x, w = block(x, temb, c_lr, c_ref, branch_on)
             weights.append(w)
         shift, scale = self.ada_out(F.silu(temb)).chunk(2, dim=-1)
         return unpatchify(self.out(modulate(self.norm_out(x), shift, scale)), p), weights

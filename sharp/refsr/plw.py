@@ -4,39 +4,17 @@ A small convolutional module over the token grid predicts w in [0, 1] for every 
 noisy, LR and Ref features; the branches are fused as h = w * h_LR + (1 - w) * h_Ref. The 3x3
 convolutions add the local modelling that attention alone lacks, and let the network fall back
 to the LR branch (w -> 1) where the Ref is wrong (changed buildings, occlusions).
-
-With cfg.plw_gate "confidence" that fall-back is not left to training alone: the Ref branch's
-share is scaled by the patch's matching confidence c (block NCC of the aligned Ref with the
-upsampled LR, `registration.align_reference`), w' = 1 - c^p (1 - w), so a Ref that does not
-match (another place, another scene) is switched off patch by patch, and the network's w decides
-only where the Ref does match. p is the reference detail transfer's power (transfer.CONF_POWER).
 """
 from __future__ import annotations
 
 import torch
 from einops import rearrange
 from torch import nn
-import torch.nn.functional as F
-
-from .transfer import CONF_POWER
 
 
 def fuse(w: torch.Tensor, h_lr: torch.Tensor, h_ref: torch.Tensor) -> torch.Tensor:
     """h = w * h_LR + (1 - w) * h_Ref; w: [B, H, W, 1], h_*: [B, H, W, D]."""
     return w * h_lr + (1.0 - w) * h_ref
-
-
-def patch_confidence(conf: torch.Tensor, unit: int, power: float = CONF_POWER) -> torch.Tensor:
-    """Per-patch gate: the mean of conf^p over each unit x unit patch; conf [B, 1, H, W] in
-    [0, 1] -> [B, H/unit, W/unit, 1]."""
-    gate = F.avg_pool2d(conf.clamp(0.0, 1.0) ** power, unit)
-    return rearrange(gate, "b one h w -> b h w one")
-
-
-def confidence_gate(w: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """w' = 1 - gate (1 - w): the Ref branch keeps its share only where the Ref matches.
-    w, gate: [B, H, W, 1]."""
-    return 1.0 - gate * (1.0 - w)
 
 
 class PatchLevelWeighting(nn.Module):
