@@ -10,18 +10,24 @@ size, today's in-memory `super_resolve` on the same pixels in another child. Mea
 side in one run:
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
     driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
-    and the same sum of PSS every 2 s (the object store's shared pages counted once);
+    the same sum of PSS every 2 s (the object store's shared pages counted once), the sum of
+    each process's own peak RSS (VmHWM, counted by the kernel: no short peak missed), and per
+    process the peaks of RssAnon / RssFile / RssShmem and a trace of them every 5% of the tiles;
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
 Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
 per tile of the driver and of the workers during the tile loop and the load average (the
-machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load). A child also writes its figures so far to
-OUT.progress.json after every tile, so a run cut short still reports memory and speed. The model is the shipped small checkpoint; to keep
-the run short the defaults are 1 Euler step and the reference detail transfer off (its local
-block matching costs ~3x the network at 1 step); pass --steps / --ref-transfer to change that.
-Ratios printed at the end: RSS at the largest size / at the smallest (goal <= 1.10), 2 workers
-/ 1 worker throughput (goal >= 1.8 on this 2-core share), scene / in-memory per-pixel speed at
-the smallest size (goal >= 1).
+machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load).
+A child also writes its figures so far to OUT.progress.json after every tile, so a run cut
+short still reports memory and speed. The model is the shipped small checkpoint (--tiny: a
+random-weight one of the smallest config, for memory runs); to keep the run short the defaults
+are 1 Euler step and the reference detail transfer off (its local block matching costs ~3x the
+network at 1 step); pass --steps / --ref-transfer to change that. --memory-size 0 skips the
+in-memory run; a size of 4480 is 10 x 10 = 100 tiles of 512 (overlap 64), enough that the
+run's last tiles (one worker idle) do not weigh on the 2-worker speed.
+Ratios printed at the end: RSS (PSS, VmHWM sum) at the largest size / at the smallest (goal
+<= 1.10), 2 workers / 1 worker throughput (goal >= 1.8 on this 2-core share), scene /
+in-memory per-pixel speed at the smallest size (goal >= 1).
 """
 from __future__ import annotations
 
@@ -186,6 +192,8 @@ def child_scene(args) -> dict:
             trace.append({"tiles_done": done, **{
                 ("driver" if i == 0 else f"worker{i}"):
                 [round(v / 2**20, 1) for v in _kinds(p).values()] for i, p in enumerate(pids)}})
+        if done == total:     # a short run may end before the sampler's first PSS of the workers
+            pss[0] = max(pss[0], sum(_pss(p) for p in pids))
         side.write_text(json.dumps({"tiles_done": done, "tiles": total, "mpx": pixels / 1e6,
                                     "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
                                     "peak_rss_mib": peak[0] / 2**20}))
