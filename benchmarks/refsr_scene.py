@@ -10,18 +10,24 @@ size, today's in-memory `super_resolve` on the same pixels in another child. Mea
 side in one run:
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
     driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
-    and the same sum of PSS every 2 s (the object store's shared pages counted once);
+    the same sum of PSS every 2 s (the object store's shared pages counted once), the sum of
+    each process's own peak RSS (VmHWM, counted by the kernel: no short peak missed), and per
+    process the peaks of RssAnon / RssFile / RssShmem and a trace of them every 5% of the tiles;
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
 Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
 per tile of the driver and of the workers during the tile loop and the load average (the
-machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load). A child also writes its figures so far to
-OUT.progress.json after every tile, so a run cut short still reports memory and speed. The model is the shipped small checkpoint; to keep
-the run short the defaults are 1 Euler step and the reference detail transfer off (its local
-block matching costs ~3x the network at 1 step); pass --steps / --ref-transfer to change that.
-Ratios printed at the end: RSS at the largest size / at the smallest (goal <= 1.10), 2 workers
-/ 1 worker throughput (goal >= 1.8 on this 2-core share), scene / in-memory per-pixel speed at
-the smallest size (goal >= 1).
+machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load).
+A child also writes its figures so far to OUT.progress.json after every tile, so a run cut
+short still reports memory and speed. The model is the shipped small checkpoint (--tiny: a
+random-weight one of the smallest config, for memory runs); to keep the run short the defaults
+are 1 Euler step and the reference detail transfer off (its local block matching costs ~3x the
+network at 1 step); pass --steps / --ref-transfer to change that. --memory-size 0 skips the
+in-memory run; a size of 4480 is 10 x 10 = 100 tiles of 512 (overlap 64), enough that the
+run's last tiles (one worker idle) do not weigh on the 2-worker speed.
+Ratios printed at the end: RSS (PSS, VmHWM sum) at the largest size / at the smallest (goal
+<= 1.10), 2 workers / 1 worker throughput (goal >= 1.8 on this 2-core share), scene /
+in-memory per-pixel speed at the smallest size (goal >= 1).
 """
 from __future__ import annotations
 
@@ -108,6 +114,26 @@ def _rss(pid: int) -> int:
     return _proc_bytes(pid, "status", "VmRSS")
 
 
+KINDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM")    # from /proc/PID/status
+
+
+def _kinds(pid: int) -> dict[str, int]:
+    """VmRSS split into private heap (RssAnon), mapped files (RssFile: libraries, GDAL) and
+    shared memory (RssShmem: Ray's object store), and the process's own peak RSS so far as
+    the kernel counts it (VmHWM: exact, where sampling every 0.2 s may miss a short peak),
+    bytes."""
+    out = dict.fromkeys(KINDS, 0)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def tiny_model():
     """A DS-DiT with the smallest config and seeded random weights: a tile costs little, so
     --tiny measures the driver's and the workers' memory over large scenes in minutes (the
@@ -127,11 +153,16 @@ def child_scene(args) -> dict:
     torch.set_num_threads(1)
     model = tiny_model() if args.tiny else load_dsdit(DEFAULT_CHECKPOINT)
     pids, peak, pss, stop = [os.getpid()], [0], [0], threading.Event()
+    kinds: dict[int, dict[str, int]] = {}       # pid -> peak of each kind
 
     def sample():
         n = 0
         while not stop.is_set():
             peak[0] = max(peak[0], sum(_rss(p) for p in pids))
+            for p in list(pids):
+                k = kinds.setdefault(p, dict.fromkeys(KINDS, 0))
+                for key, v in _kinds(p).items():
+                    k[key] = max(k[key], v)
             if n % 10 == 0:   # PSS walks the page tables: every 2 s, or it costs the driver CPU
                 pss[0] = max(pss[0], sum(_pss(p) for p in pids))
             n += 1
@@ -151,8 +182,18 @@ def child_scene(args) -> dict:
 
     side = Path(str(args.out) + ".progress.json")     # figures so far, for runs cut short
 
+    trace = []    # the kinds now, every 5% of the tiles: where memory grows during the run
+    hwm = {}      # pid -> VmHWM at the last tile (read before the pool closes)
+
     def progress(done, total, pixels, seconds):
         setup["cpu1"] = [_cpu_s(p) for p in pids]        # before the pool closes
+        hwm.update((p, _proc_bytes(p, "status", "VmHWM")) for p in pids)
+        if done % max(1, total // 20) == 0 or done == total:
+            trace.append({"tiles_done": done, **{
+                ("driver" if i == 0 else f"worker{i}"):
+                [round(v / 2**20, 1) for v in _kinds(p).values()] for i, p in enumerate(pids)}})
+        if done == total:     # a short run may end before the sampler's first PSS of the workers
+            pss[0] = max(pss[0], sum(_pss(p) for p in pids))
         side.write_text(json.dumps({"tiles_done": done, "tiles": total, "mpx": pixels / 1e6,
                                     "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
                                     "peak_rss_mib": peak[0] / 2**20}))
@@ -170,6 +211,11 @@ def child_scene(args) -> dict:
             "load_before": setup["load0"], "load_after": os.getloadavg()[0],
             "tiles": s["tiles"], "peak_rss_mib": max(peak[0], 0) / 2**20,
             "peak_pss_mib": pss[0] / 2**20,
+            "sum_vmhwm_mib": sum(hwm.values()) / 2**20,
+            "peak_kinds_mib": {("driver" if i == 0 else f"worker{i}"):
+                               {key: kinds.get(p, {}).get(key, 0) / 2**20 for key in KINDS}
+                               for i, p in enumerate(pids)},
+            "kinds_trace_mib": trace,
             "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -262,6 +308,11 @@ def main() -> None:
                       f"driver {r['driver_cpu_s_per_tile']:.3f}, workers "
                       f"{r['worker_cpu_s_per_tile'] or 0:.3f}; load {r['load_before']:.1f} -> "
                       f"{r['load_after']:.1f}", flush=True)
+                print(f"  sum of per-process peaks (VmHWM) {r['sum_vmhwm_mib']:.0f} MiB; "
+                      "peak MiB " + "; ".join(
+                    f"{who} " + " ".join(f"{k[3:].lower()} {v:.0f}" for k, v in ks.items()
+                                         if k != "VmHWM")
+                    for who, ks in r["peak_kinds_mib"].items()), flush=True)
                 (folder / f"sr_{size}_{w}.tif").unlink(missing_ok=True)
                 save()
     scene = [r for r in results["runs"] if r["path"] == "scene"]
@@ -273,8 +324,9 @@ def main() -> None:
 
     ratios = {}
     for w in args.workers:
-        for key in ("rss", "pss"):
-            a, b = median(lo, w, f"peak_{key}_mib"), median(hi, w, f"peak_{key}_mib")
+        for key, field in (("rss", "peak_rss_mib"), ("pss", "peak_pss_mib"),
+                           ("vmhwm", "sum_vmhwm_mib")):
+            a, b = median(lo, w, field), median(hi, w, field)
             if a and b:
                 ratios[f"{key}_{hi}_over_{lo}_w{w}"] = b / a
     for size in args.sizes:

@@ -4,10 +4,11 @@ Both pools take TileJobs and yield (job index, result) as tiles finish; the driv
 writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
 model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
 shared file system), pins torch to `threads` per worker (a local Ray gets exactly workers x
-threads CPUs at normal priority, no task events and an object store sized to the tiles in
-flight, `store_bytes`), and resubmits a tile whose worker died to a live worker (up to `retries`
-times), while Ray restarts the dead one, which gets tiles again once a probe call answers; a
-tile is never written twice because the blend ignores a second result for the same tile.
+threads CPUs at normal priority, no task events, objects freed as soon as they are out of
+scope and an object store sized to the tiles in flight, `store_bytes`), and resubmits a tile
+whose worker died to a live worker (up to `retries` times), while Ray restarts the dead one,
+which gets tiles again once a probe call answers; a tile is never written twice because the
+blend ignores a second result for the same tile.
 """
 from __future__ import annotations
 
@@ -107,6 +108,24 @@ def store_bytes(workers: int, tile_bytes: int) -> int:
     return max(80 << 20, 3 * 2 * workers * tile_bytes)
 
 
+def local_ray_options(workers: int, threads: int = 1, tile_bytes: int = 16 << 20) -> dict:
+    """ray.init options of the local Ray a pool starts (the tests start theirs with them too).
+    Ray starts workers at nice 15 (so they yield to its daemons); our workers ARE the job, and
+    on a shared machine nice 15 hands their CPU to everyone else. Task events (for Ray's
+    dashboard, off here) grow every process's memory with the number of tiles. Objects out of
+    scope (a finished tile's job and result) are freed one at a time, not in Ray's batches
+    (100 objects or every second): batched, the part of the store the run touched grew with
+    the number of tiles, and every process's RSS counts each store page it has touched
+    (RssShmem per process 50-63 MiB at 2k^2, 79 at 8k^2; one at a time 16-25 MiB at every
+    size, benchmarks/refsr_scene.py --tiny)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return dict(num_cpus=workers * max(1, threads),
+                object_store_memory=store_bytes(workers, tile_bytes),
+                runtime_env={"env_vars": {"PYTHONPATH": here}},
+                _system_config={"worker_niceness": 0, "task_events_report_interval_ms": 0,
+                                "free_objects_batch_size": 1})
+
+
 RESTART_WAIT_S = 300.0    # how long a restarting worker may take to come back
 
 
@@ -134,20 +153,11 @@ class RayPool:
         self.ray = ray
         self.started = False
         if not ray.is_initialized():
-            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address:
                 ray.init(address=address, **kw)
             else:
-                # Ray starts workers at nice 15 (so they yield to its daemons); our workers ARE
-                # the job, and on a shared machine nice 15 hands their CPU to everyone else.
-                # Task events (for Ray's dashboard, off here) grow every process's memory with
-                # the number of tiles.
-                ray.init(num_cpus=workers * max(1, threads),
-                         object_store_memory=store_bytes(workers, tile_bytes),
-                         runtime_env={"env_vars": {"PYTHONPATH": here}},
-                         _system_config={"worker_niceness": 0, "task_events_report_interval_ms": 0},
-                         **kw)
+                ray.init(**local_ray_options(workers, threads, tile_bytes), **kw)
             self.started = True
         gpus = 1 if device.startswith("cuda") else 0
         actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,

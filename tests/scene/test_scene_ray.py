@@ -13,17 +13,17 @@ ray = pytest.importorskip("ray")
 from scene.scene_helpers import RRSSRD, lr_transform, read, triplet, write_tif
 from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit
 from sharp.scene import super_resolve_scene
+from sharp.scene.pool import local_ray_options
 
 pytestmark = pytest.mark.skipif(not (RRSSRD / "val_1st").is_dir(),
                                 reason=f"RRSSRD test data not found at {RRSSRD}")
 KW = dict(steps=1, tile=96, overlap=32, cog=False)
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=128 << 20, runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    # the local Ray a pool starts (niceness, task events, object frees, store size)
+    ray.init(include_dashboard=False, log_to_driver=False, **local_ray_options(2))
     yield
     ray.shutdown()
 
