@@ -36,10 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--extra", choices=["bicubic", "drop"], default="bicubic",
                    help="the LR's other bands (e.g. NIR): bicubic-upsampled after the model's "
                         "bands (default), or left out")
-    p.add_argument("--range", dest="value_range", metavar="LO,HI",
-                   help="LR values mapped to the model's 0..1 (default: uint8 0,255; other types "
-                        "the 0.1/99.9 percentiles of each band); written back the same way")
-    p.add_argument("--ref-range", metavar="LO,HI", help="as --range, for the Ref")
+    p.add_argument("--range", dest="value_range", metavar="LO,HI[;LO,HI...]",
+                   help="LR values mapped to the model's 0..1: one LO,HI for every band, or one per "
+                        "selected band separated by ';' (quote it), e.g. '0,3000;0,2800;0,2600' "
+                        "(default: uint8 0,255; other types the 0.1/99.9 percentiles of each "
+                        "band); written back the same way")
+    p.add_argument("--ref-range", metavar="LO,HI[;LO,HI...]", help="as --range, for the Ref")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, default=1.0, help="autoguidance scale; 1 disables")
     p.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,8 @@ Scaling rule (per band, the same for LR and Ref, each with its own statistics):
   * uint8: v / 255 (exactly what the in-memory path does with 8-bit images);
   * otherwise: the 0.1 and 99.9 percentiles (lo, hi) of the band's valid pixels, estimated on a
     decimated read of the whole scene (at most STATS_SIDE px on the long side), or a given
-    --range LO,HI; u = clip((v - lo) / (hi - lo), 0, 1).
+    --range: "LO,HI" for every band, or "LO,HI;LO,HI;LO,HI" one pair per selected band (in
+    --bands order); u = clip((v - lo) / (hi - lo), 0, 1).
 Back (`from_unit`): v = lo + u (hi - lo), rounded half up and clipped for integer types; a valid
 pixel that would equal the nodata value is moved one step into the range, so it never reads as
 a hole.
@@ -61,16 +62,31 @@ def select_bands(ds, spec: Optional[str], what: str) -> list[int]:
                      "interpretation: say which to use, e.g. --bands 1,2,1")
 
 
-def parse_range(text: Optional[str]) -> Optional[tuple[float, float]]:
+def parse_range(text: Optional[str], bands: Sequence[int]) -> Optional[list[tuple[float, float]]]:
+    """--range as one (lo, hi) per selected band: "LO,HI" (every band) or "LO,HI;LO,HI;..."
+    (one pair per band of `bands`, in order; a band selected twice needs the same pair)."""
     if not text:
         return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise SceneError(f"range must be 'LO,HI' (two numbers), got {text!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise SceneError(f"range LO,HI needs finite LO < HI, got {text!r}")
-    return lo, hi
+    pairs = []
+    for part in text.split(";"):
+        try:
+            lo, hi = (float(v) for v in part.split(","))
+        except ValueError:
+            raise SceneError(f"range must be 'LO,HI' or one 'LO,HI' per band separated by ';', "
+                             f"got {text!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise SceneError(f"range LO,HI needs finite LO < HI, got {part!r} in {text!r}")
+        pairs.append((lo, hi))
+    if len(pairs) == 1:
+        return pairs * len(bands)
+    if len(pairs) != len(bands):
+        raise SceneError(f"range {text!r} has {len(pairs)} LO,HI pairs for {len(bands)} selected "
+                         f"bands {list(bands)}: give one pair for all, or one per band")
+    for b in set(bands):
+        if len({pairs[i] for i, v in enumerate(bands) if v == b}) > 1:
+            raise SceneError(f"range {text!r}: band {b} is selected more than once with different "
+                             "LO,HI pairs; a band has one scaling")
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -124,13 +140,15 @@ def valid_mask(arr: np.ndarray, nodata: Optional[float]) -> np.ndarray:
     return ~bad
 
 
-def scene_scale(ds, bands: Sequence[int], given: Optional[tuple[float, float]] = None
+def scene_scale(ds, bands: Sequence[int], given: Optional[Sequence[tuple[float, float]]] = None
                 ) -> BandScale:
-    """The scaling of ds's bands by the module's rule (given: (lo, hi) for every band)."""
+    """The scaling of ds's bands by the module's rule (given: one (lo, hi) per band, from
+    parse_range)."""
     dtype = ds.dtypes[bands[0] - 1]
     nodata = ds.nodata
     if given is not None:
-        return BandScale((given[0],) * len(bands), (given[1],) * len(bands), dtype, nodata)
+        return BandScale(tuple(float(lo) for lo, _ in given), tuple(float(hi) for _, hi in given),
+                         dtype, nodata)
     if dtype == "uint8":
         return BandScale((0.0,) * len(bands), (255.0,) * len(bands), dtype, nodata)
     f = max(1, -(-max(ds.height, ds.width) // STATS_SIDE))

@@ -170,12 +170,12 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
         if len(dtypes) > 1:
             raise SceneError(f"LR bands have different data types {sorted(dtypes)}: select bands "
                              "of one type")
-        lr_scale = scene_scale(lr, model_bands, parse_range(value_range))
+        lr_scale = scene_scale(lr, model_bands, parse_range(value_range, model_bands))
         figures, r_bands, ref_scale = {}, None, None
         if ref is not None:
             r_bands = select_bands(ref, ref_bands, "Ref --ref-bands")
             figures = check_pair(lr, ref, lr_path, ref_path, min_overlap)
-            ref_scale = scene_scale(ref, r_bands, parse_range(ref_range))
+            ref_scale = scene_scale(ref, r_bands, parse_range(ref_range, r_bands))
         steps, guidance, temp, gain = sampling_settings(model, steps, guidance, temperature,
                                                         ref_transfer)
         if ref is None:

@@ -10,7 +10,8 @@ from scene.scene_helpers import (RRSSRD, lr_transform, read, reproject_ref, trip
                                  write_tif)
 from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 from sharp.scene import super_resolve_scene
-from sharp.scene.bands import BandScale, PERCENTILES, scene_scale, to_native
+from sharp.scene.bands import BandScale, PERCENTILES, parse_range, scene_scale, to_native
+from sharp.scene.errors import SceneError
 from sharp.scene.grid import output_grid
 from sharp.scene.windows import read_ref, ref_resampling
 
@@ -211,6 +212,35 @@ def test_uint16_round_trip(tmp_path, model, crop):
     assert got.dtype == np.uint16
     want = np.moveaxis(super_resolve(model, unit(lr), unit(ref), steps=2), -1, 0) * 65535.0
     assert np.abs(got - want).max() <= 2.0           # rounding + float32 ulps of the inputs
+
+
+def test_per_band_range(tmp_path, model, crop):
+    """--range with one LO,HI per band: band b holds k_b x the uint8 scene, its range 0..255 k_b;
+    the output is the uint8 result x k_b per band, written back in uint16."""
+    lr, _, ref = crop
+    k = np.array([257, 200, 100], np.uint16)                # per band; the crops are [H, W, 3]
+    a = write_tif(tmp_path / "lr.tif", lr.astype(np.uint16) * k, lr_transform())
+    b = write_tif(tmp_path / "ref.tif", ref.astype(np.uint16) * k, lr_transform(0.6))
+    ranges = "0,65535;0,51000;0,25500"
+    out = tmp_path / "sr.tif"
+    super_resolve_scene(a, b, out, model, steps=2, tile=512, value_range=ranges, ref_range=ranges)
+    got = read(out)
+    want = np.moveaxis(super_resolve(model, unit(lr), unit(ref), steps=2) * (255.0 * k), -1, 0)
+    assert got.dtype == np.uint16
+    assert np.abs(got - want).max() <= 2.0
+
+
+def test_parse_range():
+    assert parse_range(None, [1, 2, 3]) is None
+    assert parse_range("0,10", [3, 2, 1]) == [(0.0, 10.0)] * 3
+    assert parse_range("0,10;1,20;2,30", [3, 2, 1]) == [(0.0, 10.0), (1.0, 20.0), (2.0, 30.0)]
+    assert parse_range("0,10;0,10", [1, 1]) == [(0.0, 10.0)] * 2
+    for bad, why in (("0,10;0,20", "2 LO,HI pairs for 3"), ("5,1", "LO < HI"), ("a,b", "one 'LO,HI' per band"),
+                     ("0,1,2", "one 'LO,HI' per band"), ("0,inf", "LO < HI")):
+        with pytest.raises(SceneError, match=why):
+            parse_range(bad, [1, 2, 3])
+    with pytest.raises(SceneError, match="band 1 is selected more than once"):
+        parse_range("0,10;0,20", [1, 1])
 
 
 def test_percentile_rule_and_write_back():
