@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
+
+    from refsr_reference_information import block_gate   # the same oracle as that benchmark
 
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit
     from sharp.refsr.data import RefSRDataset
@@ -50,13 +51,6 @@ def main(argv=None) -> int:
 
     def psnr(a, b):
         return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
-
-    def block_gate(r, d, block=16):
-        """Per-block least-squares a in [0, 1] of d against r (uses the HR: an upper bound)."""
-        num = F.avg_pool2d((r * d).sum(1, keepdim=True), block, ceil_mode=True)
-        den = F.avg_pool2d((d * d).sum(1, keepdim=True), block, ceil_mode=True)
-        a = (num / den.clamp_min(1e-10)).clamp(0, 1)
-        return F.interpolate(a, scale_factor=block, mode="nearest")[..., :r.shape[-2], :r.shape[-1]]
 
     @torch.no_grad()
     def one_step(up_z, ref_z, conf, x0):

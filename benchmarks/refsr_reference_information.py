@@ -37,6 +37,17 @@ DEFAULT_DATA = RRSSRD / "val_3rd"
 DEFAULT_FIT = [RRSSRD / "val_1st", RRSSRD / "val_2nd"]
 
 
+def block_gate(r, d, block: int = 16):
+    """The oracle gate: per block x block block, the least-squares a in [0, 1] of d against r
+    (a fitted on the HR through r: an upper bound, not a method); r, d [B, 3, H, W] ->
+    a [B, 1, H, W]."""
+    import torch.nn.functional as F
+    num = F.avg_pool2d((r * d).sum(1, keepdim=True), block, ceil_mode=True)
+    den = F.avg_pool2d((d * d).sum(1, keepdim=True), block, ceil_mode=True)
+    a = (num / den.clamp_min(1e-10)).clamp(0, 1)
+    return F.interpolate(a, scale_factor=block, mode="nearest")[..., :r.shape[-2], :r.shape[-1]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA), help="evaluation folder (val_3rd)")
@@ -51,7 +62,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     from sharp.refsr import align_reference
     from sharp.refsr.data import TripletFolder, upsample
@@ -65,13 +75,6 @@ def main(argv=None) -> int:
 
     def detail(img):
         return detail_layer(img, s)
-
-    def block_gate(r, d):
-        """Per-block least-squares a in [0, 1] (uses the HR: an upper bound)."""
-        num = F.avg_pool2d((r * d).sum(1, keepdim=True), args.block, ceil_mode=True)
-        den = F.avg_pool2d((d * d).sum(1, keepdim=True), args.block, ceil_mode=True)
-        a = (num / den.clamp_min(1e-10)).clamp(0, 1)
-        return F.interpolate(a, scale_factor=args.block, mode="nearest")[..., :r.shape[-2], :r.shape[-1]]
 
     errors, gated = [], []                 # the transfer gain, fitted on training folders
     for root in args.fit:
@@ -114,12 +117,12 @@ def main(argv=None) -> int:
                 a = float((r * d).sum() / (d * d).sum())
                 rows[(m, which, "corr")].append(float((r * d).sum() / (r.norm() * d.norm())))
                 rows[(m, which, "oracle")].append(psnr(up + a * d, hr) - base)
-                rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d) * d, hr) - base)
+                rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d, args.block) * d, hr) - base)
                 rows[(m, which, "transfer")].append(psnr(up + gain * conf ** CONF_POWER * d, hr) - base)
                 if model is not None and m == "local":
                     rn = hr - weak
                     rows[("network", which, "oracle-gate")].append(
-                        psnr(weak + block_gate(rn, d) * d, hr) - psnr(weak, hr))
+                        psnr(weak + block_gate(rn, d, args.block) * d, hr) - psnr(weak, hr))
         print(f"[{i + 1}/{n}] {folder.names[i]}: local true/wrong oracle-gate "
               f"{rows[('local', 'true', 'oracle-gate')][-1]:+.3f}/{rows[('local', 'wrong', 'oracle-gate')][-1]:+.3f} dB",
               flush=True)

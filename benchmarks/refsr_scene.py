@@ -92,39 +92,12 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def _proc_bytes(pid: int, file: str, field: str) -> int:
-    """A "<field>: N kB" line of /proc/<pid>/<file> in bytes; 0 once the process is gone."""
+def _proc_fields(pid: int, file: str, fields) -> dict[str, int]:
+    """The "<field>: N kB" lines of /proc/<pid>/<file> in bytes (0 for a missing field, or
+    once the process is gone)."""
+    out = dict.fromkeys(fields, 0)
     try:
         with open(f"/proc/{pid}/{file}") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _pss(pid: int) -> int:
-    """Proportional set size: pages shared between processes (Ray's object store, mapped by the
-    driver and every worker) counted once in a sum, not once per process as RSS counts them."""
-    return _proc_bytes(pid, "smaps_rollup", "Pss")
-
-
-def _rss(pid: int) -> int:
-    return _proc_bytes(pid, "status", "VmRSS")
-
-
-KINDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM")    # from /proc/PID/status
-
-
-def _kinds(pid: int) -> dict[str, int]:
-    """VmRSS split into private heap (RssAnon), mapped files (RssFile: libraries, GDAL) and
-    shared memory (RssShmem: Ray's object store), and the process's own peak RSS so far as
-    the kernel counts it (VmHWM: exact, where sampling every 0.2 s may miss a short peak),
-    bytes."""
-    out = dict.fromkeys(KINDS, 0)
-    try:
-        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 key = line.split(":", 1)[0]
                 if key in out:
@@ -132,6 +105,27 @@ def _kinds(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared between processes (Ray's object store, mapped by the
+    driver and every worker) counted once in a sum, not once per process as RSS counts them."""
+    return _proc_fields(pid, "smaps_rollup", ["Pss"])["Pss"]
+
+
+def _rss(pid: int) -> int:
+    return _proc_fields(pid, "status", ["VmRSS"])["VmRSS"]
+
+
+# VmRSS split into private heap (RssAnon), mapped files (RssFile: libraries, GDAL) and shared
+# memory (RssShmem: Ray's object store), and the process's own peak RSS so far as the kernel
+# counts it (VmHWM: exact, where sampling every 0.2 s may miss a short peak); /proc/PID/status
+KINDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM")
+
+
+def _kinds(pid: int) -> dict[str, int]:
+    """The KINDS of one process, bytes."""
+    return _proc_fields(pid, "status", KINDS)
 
 
 def tiny_model():
@@ -187,7 +181,7 @@ def child_scene(args) -> dict:
 
     def progress(done, total, pixels, seconds):
         setup["cpu1"] = [_cpu_s(p) for p in pids]        # before the pool closes
-        hwm.update((p, _proc_bytes(p, "status", "VmHWM")) for p in pids)
+        hwm.update((p, _kinds(p)["VmHWM"]) for p in pids)
         if done % max(1, total // 20) == 0 or done == total:
             trace.append({"tiles_done": done, **{
                 ("driver" if i == 0 else f"worker{i}"):

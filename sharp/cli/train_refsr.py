@@ -14,8 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="training folders")
     p.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
     p.add_argument("--config", default="medium-match",
-                   help="model preset (default medium-match): medium-match (the shipped model: 655k parameters, predicting "
-                        "x1 for a one-step estimate, locally aligned Ref with matching-confidence tokens, "
+                   help="model preset (default medium-match): medium-match (the shipped model: "
+                        "655k parameters, predicting x1 for a one-step estimate, locally aligned Ref "
+                        "with matching-confidence tokens, "
                         "null-Ref weak path), small (the previous shipped model's shape), base (a larger "
                         "pixel-space model for GPUs), large (a latent model: needs --vae); "
                         "or a JSON file of DSDiTConfig fields")
