@@ -125,13 +125,26 @@ def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radi
     stride = max(block // 2, 1)
     mu_f, var_f = _block_stats(fixed, block, stride)
     padded = F.pad(moving, (radius,) * 4, mode="replicate")
+    hb, wb = mu_f.shape[-2:]
+    # The displaced blocks' mean and variance, for many displacements: the block means of the
+    # padded image at every offset (stride 1, the cost of ~stride^2 strided pools), sampled
+    # per displacement -- the same sums, so the same bits as pooling each displaced copy.
+    shared = (2 * radius + 1) ** 2 > stride * stride
+    if shared:
+        m1, m2 = F.avg_pool2d(padded, block, 1), F.avg_pool2d(padded * padded, block, 1)
     out = []
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             if cancel is not None:
                 cancel()
             cand = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
-            mu_c, var_c = _block_stats(cand, block, stride)
+            if shared:
+                at = (..., slice(radius + dy, radius + dy + stride * (hb - 1) + 1, stride),
+                      slice(radius + dx, radius + dx + stride * (wb - 1) + 1, stride))
+                mu_c = m1[at]
+                var_c = (m2[at] - mu_c * mu_c).clamp_min(0.0)
+            else:
+                mu_c, var_c = _block_stats(cand, block, stride)
             cov = F.avg_pool2d(fixed * cand, block, stride) - mu_f * mu_c
             # the variance floor (grey std 0.01) sends flat blocks (water, fields) to ~0
             out.append(cov / ((var_f + NCC_FLOOR) * (var_c + NCC_FLOOR)).sqrt())

@@ -30,6 +30,36 @@ def test_ncc_volume_peaks_at_the_true_displacement():
     assert float(vol.max()) <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("block,radius", [(16, 8), (8, 1), (6, 0)])
+def test_ncc_volume_is_the_block_ncc_formula(block, radius):
+    """Re-derived with numpy loops in float64: for every block (side `block`, stride block / 2)
+    and displacement, cov / sqrt((var_f + floor) (var_m + floor)) of the fixed block and the
+    edge-replicated moving block displaced by (dy, dx). Covers both ways the code gets the
+    displaced blocks' statistics (shared stride-1 pools for many displacements, per-displacement
+    pools for few)."""
+    import numpy as np
+    from sharp.refsr.registration import NCC_FLOOR
+    g = torch.Generator().manual_seed(3)
+    fixed, moving = torch.rand(2, 1, 1, 30, 27, generator=g)
+    vol = block_ncc_volume(fixed, moving, block=block, radius=radius).numpy()
+    f, m = fixed[0, 0].double().numpy(), moving[0, 0].double().numpy()
+    mp = np.pad(m, radius, mode="edge")
+    stride = block // 2
+    n = 2 * radius + 1
+    hb, wb = (30 - block) // stride + 1, (27 - block) // stride + 1
+    assert vol.shape == (1, n * n, hb, wb)
+    for k in range(n * n):
+        dy, dx = k // n - radius, k % n - radius
+        for i in range(hb):
+            for j in range(wb):
+                y, x = i * stride, j * stride
+                a = f[y:y + block, x:x + block]
+                b = mp[radius + dy + y:radius + dy + y + block, radius + dx + x:radius + dx + x + block]
+                cov = (a * b).mean() - a.mean() * b.mean()
+                want = cov / np.sqrt((a.var() + NCC_FLOOR) * (b.var() + NCC_FLOOR))
+                assert abs(vol[0, k, i, j] - want) < 2e-5
+
+
 def test_local_flow_recovers_two_different_shifts():
     """Left half displaced by (2, -3), right half by (-4, 1): the flow finds each (to a pixel,
     away from the seam between them)."""
