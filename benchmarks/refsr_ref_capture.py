@@ -1,10 +1,10 @@
 """How much of what a Ref offers does the network take? Synthetic vs real Refs, on crops.
 
-    python benchmarks/refsr_ref_capture.py [--ckpt CKPT] [--data DIR] [--crops 24] [--crop 96]
+    python benchmarks/refsr_ref_capture.py --data DIR [--ckpt CKPT] [--crops 24] [--crop 96]
                                            [--json out.json]
 
-Random crops of an RRSSRD-style folder (default: the 4 held-out val_2nd triplets of the
-training recipe's split, docs/dsdit.md, or any folder), drawn by `RefSRDataset` as in training,
+Random crops of an RRSSRD-style folder (e.g. split/hold, the 4 held-out val_2nd triplets of the
+training recipe's split in docs/dsdit.md), drawn by `RefSRDataset` as in training,
 once with every Ref *synthetic* (made from the HR: shifted, warped, recoloured, occluded) and
 once with the real Refs, both locally aligned. Per kind, in dB over the network's no-Ref
 (null-Ref) one-step estimate SR_weak:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from refsr_reference_information import block_gate   # the same oracle as that benchmark
+    from refsr_reference_information import block_gate, psnr   # the same oracle and PSNR
 
     from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit
     from sharp.refsr.data import RefSRDataset
@@ -48,9 +48,6 @@ def main(argv=None) -> int:
     if model.cfg.space != "pixel" or model.cfg.predict != "x1":
         raise SystemExit("needs a pixel-space checkpoint predicting x1 (one-step estimate)")
     space = WorkingSpace(model.cfg)
-
-    def psnr(a, b):
-        return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
 
     @torch.no_grad()
     def one_step(up_z, ref_z, conf, x0):

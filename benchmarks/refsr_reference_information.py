@@ -37,6 +37,13 @@ DEFAULT_DATA = RRSSRD / "val_3rd"
 DEFAULT_FIT = [RRSSRD / "val_1st", RRSSRD / "val_2nd"]
 
 
+def psnr(a, b) -> float:
+    """PSNR in dB of float images in [0, 1], unquantised (the oracles' gains are fractions of
+    a dB: 8-bit rounding, as sharp.refsr.metrics.psnr does, would blur them)."""
+    import torch
+    return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
+
+
 def block_gate(r, d, block: int = 16):
     """The oracle gate: per block x block block, the least-squares a in [0, 1] of d against r
     (a fitted on the HR through r: an upper bound, not a method); r, d [B, 3, H, W] ->
@@ -69,9 +76,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     s = args.scale
-
-    def psnr(a, b):
-        return float(10 * torch.log10(1.0 / ((a - b) ** 2).mean()))
 
     def detail(img):
         return detail_layer(img, s)

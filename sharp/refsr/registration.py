@@ -107,10 +107,14 @@ def register_reference(ref: torch.Tensor, up: torch.Tensor, scale: int, max_shif
 NCC_FLOOR = 1e-4   # variance floor of the block NCC (grey values in [0, 1])
 
 
+def _mean_var(mean: torch.Tensor, mean_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, biased variance) from the block means of x and of x * x."""
+    return mean, (mean_sq - mean * mean).clamp_min(0.0)
+
+
 def _block_stats(x: torch.Tensor, block: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Block mean and (biased) variance of [B, 1, H, W] over block x block windows."""
-    mean = F.avg_pool2d(x, block, stride)
-    return mean, (F.avg_pool2d(x * x, block, stride) - mean * mean).clamp_min(0.0)
+    return _mean_var(F.avg_pool2d(x, block, stride), F.avg_pool2d(x * x, block, stride))
 
 
 def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radius: int,
@@ -141,8 +145,7 @@ def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radi
             if shared:
                 at = (..., slice(radius + dy, radius + dy + stride * (hb - 1) + 1, stride),
                       slice(radius + dx, radius + dx + stride * (wb - 1) + 1, stride))
-                mu_c = m1[at]
-                var_c = (m2[at] - mu_c * mu_c).clamp_min(0.0)
+                mu_c, var_c = _mean_var(m1[at], m2[at])
             else:
                 mu_c, var_c = _block_stats(cand, block, stride)
             cov = F.avg_pool2d(fixed * cand, block, stride) - mu_f * mu_c
