@@ -6,8 +6,11 @@
 For each output size S (x4, so an S/4 LR), synthetic LR and Ref GeoTIFFs are made once (a
 mosaic of RRSSRD LR / Ref images, EPSG:3857, the Ref on the output grid; written by strips),
 then `refsr-scene` runs in a fresh child process per (size, workers), and, at the smallest
-size, today's in-memory `super_resolve` on the same pixels in another child. Measured side by
-side in one run:
+size, today's in-memory `super_resolve` on the same pixels in another child, twice: with its
+default tile plan (tiles of 512, the last flush with the edge) and with the scene path's even
+plan (`tile_plan="even"`: the same tiles as the scene path, so the remaining difference is the
+scene path's own cost: per-tile registration, windowed reads, writing). Measured side by side
+in one run (with --repeat, in-memory and scene runs interleaved):
   * peak RSS: the child's own max RSS (ru_maxrss) plus, with Ray, the peak of the sum of the
     driver's and the workers' RSS, sampled every 0.2 s from /proc (Ray's own daemons excluded),
     the same sum of PSS every 2 s (the object store's shared pages counted once), the sum of
@@ -27,7 +30,8 @@ in-memory run; a size of 4480 is 10 x 10 = 100 tiles of 512 (overlap 64), enough
 run's last tiles (one worker idle) do not weigh on the 2-worker speed.
 Ratios printed at the end: RSS (PSS, VmHWM sum) at the largest size / at the smallest (goal
 <= 1.10), 2 workers / 1 worker throughput (goal >= 1.8 on this 2-core share), scene /
-in-memory per-pixel speed at the smallest size (goal >= 1).
+in-memory per-pixel speed at the smallest size (goal >= 1; also against the even-plan
+in-memory run).
 """
 from __future__ import annotations
 
@@ -214,7 +218,8 @@ def child_scene(args) -> dict:
 
 
 def child_memory(args) -> dict:
-    """Today's path: read both images whole, super_resolve in memory."""
+    """Today's path: read both images whole, super_resolve in memory (its default tile plan,
+    or the scene path's even plan: the same work per tile as the scene path, for comparison)."""
     import numpy as np
     import rasterio
     import torch
@@ -225,7 +230,8 @@ def child_memory(args) -> dict:
         lr = np.moveaxis(a.read(), 0, -1).astype(np.float32) / 255
         ref = np.moveaxis(b.read(), 0, -1).astype(np.float32) / 255
     t = time.perf_counter()
-    out = super_resolve(model, lr, ref, steps=args.steps, ref_transfer=args.ref_transfer)
+    out = super_resolve(model, lr, ref, steps=args.steps, ref_transfer=args.ref_transfer,
+                        tile_plan=args.plan)
     dt = time.perf_counter() - t
     return {"mpx_per_s": out.shape[0] * out.shape[1] / 1e6 / dt, "seconds": dt,
             "self_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -264,6 +270,7 @@ def main() -> None:
     ap.add_argument("--ref", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--w", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--plan", default="flush", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         res = child_scene(args) if args.child == "scene" else child_memory(args)
@@ -281,15 +288,18 @@ def main() -> None:
     common = {"steps": args.steps, "ref-transfer": args.ref_transfer}
     if args.tiny:
         common["tiny"] = True
+    mem_size = min(args.sizes) if args.memory_size is None else args.memory_size
     for size in args.sizes:
         lr, ref = make_scene(folder, size)
-        if size == (min(args.sizes) if args.memory_size is None else args.memory_size):
-            r = run_child("memory", lr=lr, ref=ref, **common)
-            results["runs"].append({"size": size, "path": "in-memory super_resolve", **r})
-            print(f"{size}^2 in-memory: {r['mpx_per_s']:.3f} Mpx/s, max RSS "
-                  f"{r['self_max_rss_mib']:.0f} MiB", flush=True)
-            save()
         for rep in range(args.repeat):
+            if size == mem_size:
+                for plan in ("flush", "even"):
+                    r = run_child("memory", lr=lr, ref=ref, plan=plan, **common)
+                    results["runs"].append({"size": size, "path": "in-memory super_resolve",
+                                            "tile_plan": plan, "repeat": rep, **r})
+                    print(f"{size}^2 in-memory ({plan} tile plan): {r['mpx_per_s']:.3f} Mpx/s, "
+                          f"max RSS {r['self_max_rss_mib']:.0f} MiB", flush=True)
+                    save()
             for w in args.workers:
                 r = run_child("scene", lr=lr, ref=ref, out=folder / f"sr_{size}_{w}.tif", w=w,
                               **common)
@@ -332,10 +342,12 @@ def main() -> None:
                  and x["workers"] == 1 and y["workers"] == 2]
         if len(pairs) > 1:     # each interleaved pair on its own: how much the load moved it
             ratios[f"speed_2w_over_1w_{size}_pairs"] = [b / a for a, b in pairs]
-    mem = [r for r in results["runs"] if r["path"] != "scene"]
     one = median(lo, 1, "mpx_per_s")
-    if mem and one:
-        ratios[f"speed_scene_1w_over_memory_{lo}"] = one / mem[0]["mpx_per_s"]
+    for plan, key in (("flush", ""), ("even", "_even_plan")):
+        v = sorted(r["mpx_per_s"] for r in results["runs"]
+                   if r["path"] != "scene" and r["tile_plan"] == plan)
+        if v and one:
+            ratios[f"speed_scene_1w_over_memory{key}_{lo}"] = one / v[len(v) // 2]
     results["ratios"] = ratios
     save()
     results["machine"]["load_at_end"] = os.getloadavg()

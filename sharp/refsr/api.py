@@ -30,6 +30,7 @@ from .transfer import apply_transfer
 
 log = logging.getLogger(__name__)
 
+TILE_PLANS = ("flush", "even")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "dsdit_small.safetensors"
 
 __all__ = ["DEFAULT_CHECKPOINT", "default_ref_transfer", "default_steps", "default_temperature",
@@ -186,7 +187,8 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[in
                   progress: Optional[Callable[[int, int], None]] = None,
                   register: bool = True, temperature: Optional[float] = None,
                   ref_transfer: Optional[float] = None,
-                  cancel: Optional[Callable[[], None]] = None, memory_limit: Optional[int] = None):
+                  cancel: Optional[Callable[[], None]] = None, memory_limit: Optional[int] = None,
+                  tile_plan: str = "flush"):
     """Reference-based SR of lr ([H/s, W/s, 3] or [B, ...]) guided by ref ([H, W, 3]).
 
     ref=None (or guidance applied to a missing Ref) gives the weak, LR-only prediction.
@@ -205,8 +207,12 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[in
     call by raising (ComfyUI: throw_exception_if_processing_interrupted). memory_limit: bytes the
     whole-image stages may use (None: what the system reports available); a request that needs more
     is refused before allocating (sharp.refsr.limits).
-    steps: Euler steps; None takes the checkpoint's default (else 20)."""
+    steps: Euler steps; None takes the checkpoint's default (else 20). tile_plan "flush": tiles of
+    `tile`, the last flush with the edge; "even": as many tiles, each only as large as the
+    overlap needs, spread evenly (sharp.refsr.tiling.even_starts; the scene path's plan)."""
     cfg = model.cfg
+    if tile_plan not in TILE_PLANS:
+        raise ValueError(f"tile_plan must be one of {TILE_PLANS}, got {tile_plan!r}")
     steps, guidance, temperature, gain = sampling_settings(model, steps, guidance, temperature,
                                                            ref_transfer)
     check = cancel if cancel is not None else (lambda: None)
@@ -223,10 +229,11 @@ def super_resolve(model: DSDiT, lr, ref=None, scale: int = 4, steps: Optional[in
     hp, wp = up.shape[-2:]
     down = cfg.unit // cfg.patch                                # pixels per working-grid cell
     noise = initial_noise(temperature, seed, b, cfg.in_channels, hp // down, wp // down)
-    tick = _StepCounter(len(tiles(hp, wp, tile, overlap)) * steps, progress)
+    even = cfg.unit if tile_plan == "even" else 0
+    tick = _StepCounter(len(tiles(hp, wp, tile, overlap, even)) * steps, progress)
     one_tile = partial(_sample_window, model, WorkingSpace(cfg, vae), up, ref_t, conf_t, noise,
                        down, steps, guidance, tick, check)
-    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap)[:, :, :scale * h, :scale * w].clamp_(0, 1)
+    out = run_tiled(one_tile, b, 3, hp, wp, tile, overlap, even)[:, :, :scale * h, :scale * w].clamp_(0, 1)
     if gated is not None:
         out = apply_transfer(out, gated, gain)
     if not bool(torch.isfinite(out).all()):   # never hand back a black image as a success

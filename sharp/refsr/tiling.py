@@ -27,6 +27,28 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
+def even_starts(length: int, tile: int, overlap: int, unit: int = 1) -> tuple[list[int], int]:
+    """(starts, size): the fewest tiles of at most `tile` that cover [0, length) overlapping by
+    >= `overlap` (as many as tile_starts uses), each only as large as that needs, spread
+    evenly; starts and size are multiples of unit (length, tile and overlap must be too).
+    tile_starts puts the last tile flush with the end, so at unlucky lengths the tiles overlap
+    far more than asked (2048 with 512 / 64: five tiles of 512 where five of 464 do)."""
+    if tile <= overlap:
+        raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+    if length % unit or tile % unit:
+        raise ValueError(f"length ({length}) and tile ({tile}) must be multiples of {unit}")
+    if length <= tile:
+        return [0], length
+    n = -(-(length - overlap) // (tile - overlap))            # fewest tiles with that overlap
+    need = -(-(length + (n - 1) * overlap) // n)             # n tiles of this size just fit
+    for size in range(-(-need // unit) * unit, tile + 1, unit):
+        span = (length - size) // unit                        # last start, in units
+        starts = [unit * round(i * span / (n - 1)) for i in range(n)]
+        if all(a < b <= a + size - overlap for a, b in zip(starts, starts[1:])):
+            return starts, size
+    return tile_starts(length, tile, overlap), tile           # unreachable: size = tile fits
+
+
 def ramp(n: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
     """[n] window: raised-cosine rise over the first `overlap` samples (if rise), fall over the
     last (if fall), 1 elsewhere. Strictly positive."""
@@ -47,16 +69,24 @@ def blend_window(th: int, tw: int, overlap: int, top: bool, bottom: bool, left: 
     return torch.outer(ramp(th, overlap, top, bottom), ramp(tw, overlap, left, right))
 
 
-def tiles(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(y, x, th, tw) of every tile, row-major."""
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    return [(y, x, min(tile, height), min(tile, width)) for y in ys for x in xs]
+def tiles(height: int, width: int, tile: int, overlap: int, even_unit: int = 0
+          ) -> list[tuple[int, int, int, int]]:
+    """(y, x, th, tw) of every tile, row-major. even_unit 0: tiles of `tile`, the last flush
+    with the edge (tile_starts; super_resolve); > 0: the even plan (even_starts) on that unit
+    (scenes)."""
+    if even_unit:
+        (ys, th), (xs, tw) = (even_starts(n, tile, overlap, even_unit) for n in (height, width))
+    else:
+        ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
+        th, tw = min(tile, height), min(tile, width)
+    return [(y, x, th, tw) for y in ys for x in xs]
 
 
 def run_tiled(fn: Callable[[int, int, int, int], torch.Tensor], batch: int, channels: int,
-              height: int, width: int, tile: int, overlap: int) -> torch.Tensor:
+              height: int, width: int, tile: int, overlap: int, even_unit: int = 0
+              ) -> torch.Tensor:
     """Blend fn(y, x, th, tw) -> [B, C, th, tw] over the tiling of a [B, C, H, W] output."""
-    plan = tiles(height, width, tile, overlap)
+    plan = tiles(height, width, tile, overlap, even_unit)
     ys = sorted({p[0] for p in plan})
     xs = sorted({p[1] for p in plan})
     out = torch.zeros(batch, channels, height, width)

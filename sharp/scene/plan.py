@@ -1,6 +1,9 @@
 """Tile plan of an output grid and the cells the blend writes.
 
-Tiles are super_resolve's (sharp.refsr.tiling.tiles over the grid padded to whole tokens). The
+Tiles are as many as super_resolve's, in the even plan (sharp.refsr.tiling.even_starts over
+the grid padded to whole tokens): each only as large as covering the scene with the overlap
+needs, so no tile reaches far into its neighbour and every tile's registration and network work
+is on pixels that count (at 2048^2 with 512 / 64: 25 tiles of 464^2, not 512^2). The
 output is cut along every tile edge into cells: each cell lies wholly inside a fixed set of
 tiles (1 in tile interiors, 2 or 4 in overlaps), so a cell can be blended and written as soon as
 its tiles are done, and only overlap strips wait in memory. Cells are the unit of writing and of
@@ -47,7 +50,7 @@ class Cell:
 def make_tiles(height: int, width: int, unit: int, tile: int, overlap: int) -> list[Tile]:
     """The tiles of a height x width output padded to multiples of unit (row-major)."""
     hp, wp = height + -height % unit, width + -width % unit
-    plan = tile_plan(hp, wp, tile, overlap)
+    plan = tile_plan(hp, wp, tile, overlap, even_unit=unit)
     ys = sorted({p[0] for p in plan})
     xs = sorted({p[1] for p in plan})
     return [Tile(i, y, x, th, tw, y != ys[0], y != ys[-1], x != xs[0], x != xs[-1])

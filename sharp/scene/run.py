@@ -193,7 +193,8 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
                        lr_scale=[lr_scale.lo, lr_scale.hi],
                        ref_scale=[ref_scale.lo, ref_scale.hi] if ref else None, steps=steps,
                        guidance=guidance, seed=int(seed), temperature=temp, ref_transfer=gain,
-                       register=bool(register), tile=tile, overlap=overlap, cog=bool(cog))
+                       register=bool(register), tile=tile, overlap=overlap, plan="even",
+                       cog=bool(cog))
         fingerprint = dict(lr=file_id(lr_path), ref=file_id(ref_path) if ref else None,
                            model=_model_hash(model), **options,
                            grid=[grid.width, grid.height, list(grid.transform)[:6], grid.crs.to_wkt()],

@@ -10,7 +10,7 @@ from sharp.refsr.data import upsample
 from sharp.refsr.flow import euler_sample
 from sharp.refsr.registration import align_reference
 from sharp.refsr.space import WorkingSpace
-from sharp.refsr.tiling import blend_window, ramp, run_tiled, tile_starts, tiles
+from sharp.refsr.tiling import blend_window, even_starts, ramp, run_tiled, tile_starts, tiles
 
 
 def test_tile_starts_cover_with_overlap():
@@ -23,6 +23,41 @@ def test_tile_starts_cover_with_overlap():
         assert all(b - a <= tile - ov for a, b in zip(starts, starts[1:]))
     with pytest.raises(ValueError):
         tile_starts(100, 16, 16)
+
+
+def _spread_fits(length, size, n, overlap, unit):
+    """Brute force: some n starts on the unit grid, 0 first and flush last, cover [0, length)
+    with tiles of `size` overlapping by >= overlap (a search over the plan, not its formula)."""
+    last = length - size
+    reach = {0}                      # starts reachable with every gap in (0, size - overlap]
+    for _ in range(n - 1):
+        reach = {a + g for a in reach for g in range(unit, size - overlap + 1, unit)
+                 if a + g <= last}
+    return last in reach
+
+
+def test_even_plan_is_the_fewest_smallest_tiles():
+    """As many tiles as tile_starts, none larger than `tile`, covering with the overlap, on the
+    unit grid; no smaller tile size could do it with that many tiles (found by a search); and
+    the spread is even (gaps differ by at most one unit)."""
+    import random
+    rng = random.Random(0)
+    cases = [(2048, 512, 64, 16), (608, 512, 64, 16), (240, 96, 32, 4), (96, 96, 16, 8)]
+    cases += [(u * rng.randint(1, 40), u * t, u * rng.randint(0, t - 1), u)
+              for u in (1, 4, 16) for t in [rng.randint(2, 12) for _ in range(30)]]
+    for length, tile, ov, unit in cases:
+        starts, size = even_starts(length, tile, ov, unit)
+        n = len(tile_starts(length, tile, ov))
+        assert len(starts) == n and size <= tile and size % unit == 0
+        assert starts[0] == 0 and starts[-1] + size == length
+        assert all(a < b <= a + size - ov for a, b in zip(starts, starts[1:]))
+        if n > 1:
+            gaps = np.diff(starts)
+            assert gaps.max() - gaps.min() <= unit
+            assert not _spread_fits(length, size - unit, n, ov, unit), (length, tile, ov, unit)
+    assert even_starts(2048, 512, 64, 16) == ([0, 400, 800, 1184, 1584], 464)
+    with pytest.raises(ValueError):
+        even_starts(100, 32, 8, 16)          # not on the unit grid
 
 
 def test_window_is_one_for_a_lone_tile_and_positive_smooth_otherwise():

@@ -33,7 +33,7 @@ def test_blend_is_run_tiled_in_any_order(on_disk, tmp_path):
     pieces = {t.index: torch.rand(1, 3, t.h, t.w, generator=torch.Generator().manual_seed(t.index))
               for t in tiles}
     by_pos = {(t.y, t.x): pieces[t.index] for t in tiles}
-    want = run_tiled(lambda y, x, th, tw: by_pos[(y, x)], 1, 3, h, w, tile, overlap)[0]
+    want = run_tiled(lambda y, x, th, tw: by_pos[(y, x)], 1, 3, h, w, tile, overlap, 1)[0]
     cells = make_cells(tiles, h, w)
     for seed in (0, 1):
         order = [t.index for t in tiles]
