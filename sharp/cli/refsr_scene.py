@@ -11,7 +11,7 @@ def register(subparsers) -> None:
         description="Super-resolve a GeoTIFF LR scene with a reference scene of the same place "
                     "(any CRS / resolution / extent: it is reprojected onto the output grid). "
                     "The output keeps the LR's CRS and footprint with the transform refined by "
-                    "the scale, its dtype, nodata, tags and band metadata. Needs "
+                    "the scale, its dtype, nodata / alpha band / mask, tags and band metadata. Needs "
                     "pip install 'comfyui-sharp[geo]' (rasterio, rio-cogeo, ray).")
     one = p.add_argument_group("one scene")
     one.add_argument("--lr", help="LR scene (GeoTIFF or any GDAL raster with a CRS)")
@@ -30,8 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--ckpt", help="DS-DiT .safetensors checkpoint (default: the shipped small one)")
     p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
     p.add_argument("--bands", help="LR bands for the model's R,G,B: 1-based indices (3,2,1) or "
-                                   "colour names (red,green,blue); default: by colour "
-                                   "interpretation, else 1,2,3, else 1,1,1")
+                                   "colour names (red,green,blue; nir,red,green); default: by "
+                                   "colour interpretation, else the first three image bands, "
+                                   "else the one band three times (an alpha band is the mask)")
     p.add_argument("--ref-bands", help="Ref bands, as --bands (a panchromatic Ref: 1,1,1)")
     p.add_argument("--extra", choices=["bicubic", "drop"], default="bicubic",
                    help="the LR's other bands (e.g. NIR): bicubic-upsampled after the model's "
@@ -51,7 +52,9 @@ def register(subparsers) -> None:
                    help="reference detail transfer gain (default: the checkpoint's; 0 = off)")
     p.add_argument("--no-register", action="store_true", help="use the Ref as reprojected, "
                                                               "without per-tile alignment")
-    p.add_argument("--tile", type=int, default=512, help="tile size in output pixels")
+    p.add_argument("--tile", type=int, default=512,
+                   help="largest tile size in output pixels (tiles are spread evenly: each only "
+                        "as large as covering the scene with the overlap needs)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in output pixels")
     p.add_argument("--workers", type=int, default=1,
                    help="Ray workers, one model each (0: no Ray, tiles in this process)")

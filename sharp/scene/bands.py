@@ -2,7 +2,12 @@
 
 Selection: `--bands 3,2,1` (1-based indices, repeats allowed: a panchromatic Ref is "1,1,1"),
 or colour names "red,green,blue" matched against the file's colour interpretation; by default
-the bands interpreted as red, green, blue, else bands 1, 2, 3, else (one band) 1, 1, 1.
+the bands interpreted as red, green, blue, else the first three image bands, else (one band)
+that band three times. An alpha band is never an image band: it is the validity mask.
+
+Validity: a pixel is valid iff no selected band holds the nodata value (or NaN) and, where the
+file marks validity by GDAL's mask instead (an alpha band, or a per-dataset mask such as an
+internal or .msk mask), the mask says valid (`read_mask`, `valid_mask`).
 
 Scaling rule (per band, the same for LR and Ref, each with its own statistics):
   * uint8: v / 255 (exactly what the in-memory path does with 8-bit images);
@@ -28,10 +33,37 @@ PERCENTILES = (0.1, 99.9)
 COLOURS = ("red", "green", "blue")
 
 
+def alpha_band(ds) -> Optional[int]:
+    """1-based index of ds's alpha band (colour interpretation "alpha"), or None."""
+    names = [ci.name.lower() for ci in ds.colorinterp]
+    return names.index("alpha") + 1 if "alpha" in names else None
+
+
+def mask_kind(ds, band: int) -> Optional[str]:
+    """How ds marks invalid pixels beside any nodata value: "alpha" (an alpha band), "mask" (a
+    per-dataset mask, internal or .msk, of `band`), or None."""
+    from rasterio.enums import MaskFlags
+    if alpha_band(ds) is not None:
+        return "alpha"
+    return "mask" if MaskFlags.per_dataset in ds.mask_flag_enums[band - 1] else None
+
+
+def read_mask(ds, band: int, **window) -> Optional[np.ndarray]:
+    """The validity mask [h, w] (0 = invalid) ds has beside any nodata value (mask_kind): its
+    alpha band, or its per-dataset mask as GDAL reads it for `band`; None if neither.
+    window: rasterio read arguments (window=..., out_shape=...)."""
+    kind = mask_kind(ds, band)
+    if kind == "alpha":
+        return ds.read(alpha_band(ds), **window)
+    return ds.read_masks(band, **window) if kind == "mask" else None
+
+
 def select_bands(ds, spec: Optional[str], what: str) -> list[int]:
     """1-based band indices of ds for the model's R, G, B (see the module docstring)."""
     n = ds.count
     names = [ci.name.lower() for ci in ds.colorinterp]
+    alpha = alpha_band(ds)
+    image = [b for b in range(1, n + 1) if b != alpha]
     if spec:
         out = []
         for part in str(spec).split(","):
@@ -47,6 +79,9 @@ def select_bands(ds, spec: Optional[str], what: str) -> list[int]:
             if not 1 <= idx <= n:
                 raise SceneError(f"{what}: band {idx} does not exist: {ds.name} has {n} band(s) "
                                  f"(1..{n})")
+            if idx == alpha:
+                raise SceneError(f"{what}: band {idx} of {ds.name} is its alpha band, the mask of "
+                                 f"valid pixels, not an image band: pick from {image}")
             out.append(idx)
         if len(out) != 3:
             raise SceneError(f"{what}: the model needs 3 bands (R,G,B), got {len(out)} ({spec!r}); "
@@ -54,12 +89,12 @@ def select_bands(ds, spec: Optional[str], what: str) -> list[int]:
         return out
     if all(c in names for c in COLOURS):
         return [names.index(c) + 1 for c in COLOURS]
-    if n >= 3:
-        return [1, 2, 3]
-    if n == 1:
-        return [1, 1, 1]
-    raise SceneError(f"{what}: {ds.name} has {n} bands and no red/green/blue colour "
-                     "interpretation: say which to use, e.g. --bands 1,2,1")
+    if len(image) >= 3:
+        return image[:3]
+    if len(image) == 1:
+        return image * 3
+    raise SceneError(f"{what}: {ds.name} has {len(image)} image bands and no red/green/blue "
+                     "colour interpretation: say which to use, e.g. --bands 1,2,1")
 
 
 def parse_range(text: Optional[str], bands: Sequence[int]) -> Optional[list[tuple[float, float]]]:
@@ -114,7 +149,7 @@ class BandScale:
 def to_native(val: np.ndarray, dtype: str, nodata: Optional[float],
               valid: Optional[np.ndarray] = None) -> np.ndarray:
     """float values [C, h, w] -> dtype (ints: half-up rounding, clipped to the type), nodata
-    where not valid, and no valid pixel equal to nodata."""
+    (0 without a nodata value) where not valid, and no valid pixel equal to nodata."""
     dt = np.dtype(dtype)
     if dt.kind in "iu":
         info = np.iinfo(dt)
@@ -125,14 +160,16 @@ def to_native(val: np.ndarray, dtype: str, nodata: Optional[float],
     elif nodata is not None and np.isfinite(nodata):
         val = np.where(val == nodata, np.nextafter(np.float32(nodata), np.float32(np.inf)), val)
     out = val.astype(dt)
-    if valid is not None and nodata is not None:
-        out[:, ~valid] = dt.type(nodata)
+    if valid is not None:        # nodata, or 0 where a mask / alpha band marks the holes
+        out[:, ~valid] = dt.type(nodata if nodata is not None else 0)
     return out
 
 
-def valid_mask(arr: np.ndarray, nodata: Optional[float]) -> np.ndarray:
-    """[C, h, w] native -> [h, w] bool: a pixel is valid iff no band is nodata (or NaN)."""
-    bad = np.zeros(arr.shape[1:], bool)
+def valid_mask(arr: np.ndarray, nodata: Optional[float],
+               mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """[C, h, w] native -> [h, w] bool: a pixel is valid iff no band is nodata (or NaN) and
+    GDAL's mask (mask: [h, w], 0 = invalid, from ds.read_masks; None: no mask) says valid."""
+    bad = np.zeros(arr.shape[1:], bool) if mask is None else mask == 0
     if arr.dtype.kind == "f":
         bad |= np.isnan(arr).any(0)
     if nodata is not None:
@@ -154,7 +191,7 @@ def scene_scale(ds, bands: Sequence[int], given: Optional[Sequence[tuple[float, 
     f = max(1, -(-max(ds.height, ds.width) // STATS_SIDE))
     shape = (len(bands), max(1, ds.height // f), max(1, ds.width // f))
     arr = ds.read(list(bands), out_shape=shape)             # nearest decimation (or overviews)
-    ok = valid_mask(arr, nodata)
+    ok = valid_mask(arr, nodata, read_mask(ds, bands[0], out_shape=shape[1:]))
     lo, hi = [], []
     for b in range(len(bands)):
         v = arr[b][ok].astype(np.float64)

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 from .errors import SceneError
 from .journal import journal_path, partial_path
 from .pool import Pools
-from .run import (COMMIT_SECONDS, GDAL_CACHE_MB, check_options, load_model, plan_scene,
+from .run import (COMMIT_SECONDS, GDAL_OPTIONS, check_options, load_model, plan_scene,
                   run_scene)
 
 SUFFIXES = (".tif", ".tiff")
@@ -142,7 +142,7 @@ def super_resolve_scenes(pairs: Sequence[Pair], model=None, checkpoint=None, *, 
     if not pairs:
         raise SceneError("no scenes to run")
     t0 = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(**GDAL_OPTIONS):
         model = load_model(model, checkpoint, device)
         todo, done = [], []
         for i, pair in enumerate(pairs):         # every check before any work

@@ -10,7 +10,9 @@ Cloud-Optimized GeoTIFF with rio-cogeo (validated with its cog_validate) or as a
 to `OUT.cog-partial`, then renames that to OUT: only a complete file ever carries the final
 name. Carried over from the LR: CRS, transform
 (refined by the scale), nodata, dtype, dataset tags, and per band its description, colour
-interpretation, tags, units, scale and offset.
+interpretation, tags, units, scale and offset; how it marks holes: its nodata value, its alpha
+band (written last, the LR's alpha values nearest-upsampled) or its per-dataset mask (an
+internal mask, upsampled the same way).
 """
 from __future__ import annotations
 
@@ -26,18 +28,20 @@ BLOCK = 512           # block side of the finished file
 PARTIAL_BLOCK = 256   # block side of the uncompressed partial file
 
 
-def create(path: Path, lr, grid: Grid, bands: Sequence[int], tags: dict):
-    """The partial file for the grid, with the LR's metadata for `bands`, reserved in full and
-    opened for update."""
+def create(path: Path, lr, grid: Grid, bands: Sequence[int], tags: dict, mask: bool = False):
+    """The partial file for the grid, with the LR's metadata for `bands` (an alpha band among
+    them stays one), reserved in full and opened for update. mask: with an internal
+    per-dataset mask, all invalid until the cells are written (as the LR marks its holes)."""
     profile = dict(driver="GTiff", width=grid.width, height=grid.height, count=len(bands),
                    dtype=lr.dtypes[bands[0] - 1], crs=grid.crs, transform=grid.transform,
                    nodata=lr.nodata, tiled=True, blockxsize=PARTIAL_BLOCK,
                    blockysize=PARTIAL_BLOCK, interleave="pixel", BIGTIFF="IF_SAFER")
-    if len(bands) == 3 and profile["dtype"] in ("uint8", "uint16"):
-        profile["photometric"] = "RGB" if [lr.colorinterp[b - 1].name for b in bands] == \
-            ["red", "green", "blue"] else "MINISBLACK"
+    names = [lr.colorinterp[b - 1].name for b in bands]
+    image = [n for n in names if n != "alpha"]
+    if len(image) == 3 and profile["dtype"] in ("uint8", "uint16"):
+        profile["photometric"] = "RGB" if image == ["red", "green", "blue"] else "MINISBLACK"
     try:
-        _create(path, lr, bands, tags, profile)
+        _create(path, lr, bands, tags, profile, mask)
         import numpy as np
         nb = -(-grid.width // PARTIAL_BLOCK) * -(-grid.height // PARTIAL_BLOCK)
         _check_allocated(path, nb * PARTIAL_BLOCK ** 2 * len(bands) *
@@ -76,9 +80,9 @@ def _check_allocated(path: Path, data_bytes: int) -> None:
         os.close(fd)
 
 
-def _create(path: Path, lr, bands, tags, profile) -> None:
+def _create(path: Path, lr, bands, tags, profile, mask: bool) -> None:
     import rasterio
-    with rasterio.open(path, "w", **profile) as dst:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
         dst.update_tags(**lr.tags(), **tags)
         ci = []
         for i, b in enumerate(bands, start=1):
@@ -95,19 +99,22 @@ def _create(path: Path, lr, bands, tags, profile) -> None:
         if any(s != 1 for s in lr.scales) or any(o != 0 for o in lr.offsets):
             dst.scales = [lr.scales[b - 1] for b in bands]
             dst.offsets = [lr.offsets[b - 1] for b in bands]
-        _fill(dst)
+        _fill(dst, mask)
 
 
-def _fill(dst) -> None:
-    """Write every block (nodata, else 0): GDAL would leave the file sparse, and a disk that
-    cannot hold it must fail now, not mid-run."""
+def _fill(dst, mask: bool) -> None:
+    """Write every block (nodata, else 0; the mask, if any: invalid): GDAL would leave the
+    file sparse, and a disk that cannot hold it must fail now, not mid-run."""
     import numpy as np
     from rasterio.windows import Window
     value = dst.nodata if dst.nodata is not None and not np.isnan(dst.nodata) else 0
     band = np.full((dst.count, PARTIAL_BLOCK, dst.width), value, dst.dtypes[0])
+    hole = np.zeros((PARTIAL_BLOCK, dst.width), np.uint8)
     for row in range(0, dst.height, PARTIAL_BLOCK):
         h = min(PARTIAL_BLOCK, dst.height - row)
         dst.write(band[:, :h], window=Window(0, row, dst.width, h))
+        if mask:
+            dst.write_mask(hole[:h], window=Window(0, row, dst.width, h))
 
 
 def open_update(path: Path):

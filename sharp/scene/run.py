@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from . import output
-from .bands import BandScale, parse_range, scene_scale, select_bands, to_native
+from .bands import (BandScale, alpha_band, mask_kind, parse_range, scene_scale, select_bands,
+                    to_native)
 from .blend import CellBlender
 from .errors import SceneError
 from .grid import Grid, check_pair, open_raster, output_grid
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 LR_HALO = 2 + FILL_RADIUS          # bicubic taps + hole filling, LR pixels
 COMMIT_SECONDS = 10.0              # flush + journal at most this often (and at the end)
 GDAL_CACHE_MB = 16                 # GDAL's block cache: a few tiles' blocks, not the scene's
+GDAL_OPTIONS = dict(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True)   # masks in-file
 
 
 class Stopped(Exception):
@@ -121,6 +123,9 @@ class Scene:
     model_bands: list[int]          # the model's R, G, B (may repeat)
     out_bands: list[int]            # each once, first-use order
     extras: list[int]               # other LR bands, bicubic
+    mask: Optional[str]             # how the LR marks holes beside nodata: "alpha" (its alpha
+    #                                 band, written last), "mask" (per-dataset), None
+    file_bands: list[int]           # the LR bands the output has: out_bands, extras, alpha
     lr_scale: BandScale
     r_bands: Optional[list[int]]
     ref_scale: Optional[BandScale]
@@ -165,8 +170,11 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
     try:
         model_bands = select_bands(lr, bands, "LR --bands")
         out_bands = list(dict.fromkeys(model_bands))          # unique, first-appearance order
-        extras = [b for b in range(1, lr.count + 1) if b not in out_bands] if extra == "bicubic" else []
-        dtypes = {lr.dtypes[b - 1] for b in out_bands + extras}
+        alpha = alpha_band(lr)
+        extras = [b for b in range(1, lr.count + 1) if b not in out_bands and b != alpha] \
+            if extra == "bicubic" else []
+        mask = mask_kind(lr, model_bands[0])
+        dtypes = {lr.dtypes[b - 1] for b in out_bands + extras + ([alpha] if alpha else [])}
         if len(dtypes) > 1:
             raise SceneError(f"LR bands have different data types {sorted(dtypes)}: select bands "
                              "of one type")
@@ -201,7 +209,8 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
                            tiles=len(tiles), cells=len(cells))
         fingerprint = json.loads(json.dumps(fingerprint))       # as the journal stores it
         scene = Scene(str(lr_path), str(ref_path) if ref_path else None, out, part, jpath,
-                      bool(resume), lr, ref, model_bands, out_bands, extras, lr_scale, r_bands,
+                      bool(resume), lr, ref, model_bands, out_bands, extras, mask,
+                      out_bands + extras + ([alpha] if alpha else []), lr_scale, r_bands,
                       ref_scale, figures, grid, tiles, cells, settings, options, fingerprint)
         check_disk(scene)
         return scene
@@ -215,7 +224,7 @@ def plan_scene(lr_path, ref_path, out_path, model, *, scale: int = 4, bands: Opt
 def check_disk(scene: Scene) -> None:
     """Refuse an output that cannot fit; warn when the COG copy may not."""
     grid, lr = scene.grid, scene.lr
-    need = grid.width * grid.height * len(scene.out_bands + scene.extras) * \
+    need = grid.width * grid.height * len(scene.file_bands) * \
         np.dtype(lr.dtypes[0]).itemsize
     free = shutil.disk_usage(scene.out.parent).free
     if free < need // 4:
@@ -239,7 +248,8 @@ def open_output(scene: Scene):
         p.unlink(missing_ok=True)
     tags = output.run_tags({k: v for k, v in scene.options.items()
                             if k not in ("lr_scale", "ref_scale")})
-    ds = output.create(scene.part, scene.lr, scene.grid, scene.out_bands + scene.extras, tags)
+    ds = output.create(scene.part, scene.lr, scene.grid, scene.file_bands, tags,
+                       mask=scene.mask == "mask")
     journal.start(scene.fingerprint)
     return ds, journal, set()
 
@@ -267,17 +277,29 @@ def tile_jobs(scene: Scene, todo: list[int], skipped: list[int]):
                       None if valid.all() else valid, rwin, ex, st)
 
 
-def _cell_valid(scene: Scene, c: Cell) -> Optional[np.ndarray]:
-    """Output validity of a cell (None: the LR has no nodata value)."""
-    lr, s = scene.lr, scene.settings.scale
-    if lr.nodata is None:
-        return None
+def _cell_lr(scene: Scene, c: Cell, planes: np.ndarray) -> np.ndarray:
+    """LR-resolution planes [C, rows, cols] read for cell c (_cell_box) -> each output pixel
+    the value of the LR pixel it lies in, [C, ch, cw]."""
+    s = scene.settings.scale
     r0, c0 = c.y0 // s, c.x0 // s
-    r1, c1 = -(-c.y1 // s), -(-c.x1 // s)
-    _, v = read_lr(lr, scene.model_bands, (r0, c0, r1 - r0, c1 - c0))
-    v = output_valid(torch.from_numpy(v), s).numpy()
+    v = output_valid(torch.from_numpy(planes), s).numpy()
     oy, ox = c.y0 - r0 * s, c.x0 - c0 * s
-    return v[oy:oy + c.y1 - c.y0, ox:ox + c.x1 - c.x0]
+    return v[:, oy:oy + c.y1 - c.y0, ox:ox + c.x1 - c.x0]
+
+
+def _cell_box(scene: Scene, c: Cell) -> tuple[int, int, int, int]:
+    """(row0, col0, rows, cols) of the LR pixels under cell c."""
+    s = scene.settings.scale
+    r0, c0 = c.y0 // s, c.x0 // s
+    return r0, c0, -(-c.y1 // s) - r0, -(-c.x1 // s) - c0
+
+
+def _cell_valid(scene: Scene, c: Cell) -> Optional[np.ndarray]:
+    """Output validity of a cell (None: the LR has no nodata value, alpha band or mask)."""
+    if scene.lr.nodata is None and scene.mask is None:
+        return None
+    _, v = read_lr(scene.lr, scene.model_bands, _cell_box(scene, c))
+    return _cell_lr(scene, c, v[None])[0]
 
 
 def write_cell(scene: Scene, ds, c: Cell, arrays: dict) -> None:
@@ -293,7 +315,10 @@ def write_cell(scene: Scene, ds, c: Cell, arrays: dict) -> None:
         ex = to_native(arrays["extra"].numpy().astype(np.float64), scene.lr.dtypes[0],
                        scene.lr.nodata, valid)
         block = np.concatenate([block, ex])
-    write_window(ds, block, c.y0, c.x0)
+    if scene.mask == "alpha":      # the LR's alpha, nearest: the same holes, its own values
+        alpha = read_lr(scene.lr, scene.file_bands[-1:], _cell_box(scene, c))[0]
+        block = np.concatenate([block, _cell_lr(scene, c, alpha).astype(block.dtype)])
+    write_window(ds, block, c.y0, c.x0, mask=valid if scene.mask == "mask" else None)
 
 
 class _Output:
@@ -414,7 +439,7 @@ def run_scene(scene: Scene, pools: Pools, *, cog: bool = True, progress=None, sh
     warnings = finish_output(scene, journal, cog)
     grid = scene.grid
     return {"output": str(scene.out), "width": grid.width, "height": grid.height,
-            "bands": len(scene.out_bands) + len(scene.extras), "tiles": len(scene.tiles),
+            "bands": len(scene.file_bands), "tiles": len(scene.tiles),
             **{k: v for k, v in stats.items() if k != "run_seconds"},
             "cells": len(scene.cells),
             "seconds": time.perf_counter() - t_start, "cog": cog, "cog_warnings": warnings,
@@ -450,7 +475,7 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
     check_options(options.get("scale", 4), options.get("steps"), workers, threads,
                   options.get("tile", 512), options.get("overlap", 64),
                   options.get("min_overlap", 0.25), options.get("extra", "bicubic"))
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(**GDAL_OPTIONS):
         output_paths(out_path, options.get("resume", False), options.get("overwrite", False))
         model = load_model(model, checkpoint, device)
         scene = plan_scene(lr_path, ref_path, out_path, model, cog=cog, **options)

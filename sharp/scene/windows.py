@@ -3,29 +3,30 @@
 Reads touch only the pixels a tile needs. The Ref goes through rasterio.warp.reproject from the
 open dataset straight into the tile's window of the output grid (GDAL reads just the source
 region it needs): any CRS, pixel size or extent. Resampling: bilinear, or average where the Ref
-is more than 1.5x finer than the output (anti-aliasing). Ref nodata and places outside the Ref
-come back as NaN: no reference there.
+is more than 1.5x finer than the output (anti-aliasing). Ref nodata, pixels its alpha band or
+per-dataset mask marks invalid, and places outside the Ref come back as NaN: no reference there.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .bands import BandScale, valid_mask
+from .bands import BandScale, alpha_band, read_mask, valid_mask
 from .grid import Grid
 
 
 def read_lr(ds, bands: Sequence[int], box: tuple[int, int, int, int]
             ) -> tuple[np.ndarray, np.ndarray]:
-    """(native values [C, rows, cols] float32, valid [rows, cols] bool) of an LR window
-    (row0, col0, rows, cols); bands may repeat."""
+    """(native values [C, rows, cols], valid [rows, cols] bool: see bands.valid_mask) of an LR
+    window (row0, col0, rows, cols); bands may repeat."""
     from rasterio.windows import Window
     r0, c0, h, w = box
     uniq = sorted(set(bands))
-    arr = ds.read(uniq, window=Window(c0, r0, w, h))
+    win = Window(c0, r0, w, h)
+    arr = ds.read(uniq, window=win)
     arr = arr[[uniq.index(b) for b in bands]]
-    return arr, valid_mask(arr, ds.nodata)
+    return arr, valid_mask(arr, ds.nodata, read_mask(ds, uniq[0], window=win))
 
 
 def ref_resampling(ref_pixel: float, out_pixel: float):
@@ -42,9 +43,11 @@ def read_ref(ds, bands: Sequence[int], scale: BandScale, grid: Grid,
     r0, c0, h, w = box
     uniq = sorted(set(bands))
     dst = np.full((len(uniq), h, w), np.nan, np.float32)
+    # GDAL's warper honours a per-dataset mask by itself, an alpha band only when named
     reproject(source=rasterio.band(ds, uniq), destination=dst, src_transform=ds.transform,
-              src_crs=ds.crs, src_nodata=ds.nodata, dst_transform=grid.window_transform(r0, c0),
-              dst_crs=grid.crs, dst_nodata=np.nan, resampling=resampling)
+              src_crs=ds.crs, src_nodata=ds.nodata, src_alpha=alpha_band(ds) or 0,
+              dst_transform=grid.window_transform(r0, c0), dst_crs=grid.crs, dst_nodata=np.nan,
+              resampling=resampling)
     dst = dst[[uniq.index(b) for b in bands]]
     bad = np.isnan(dst).any(0)
     out = scale.to_unit(np.nan_to_num(dst))
@@ -52,6 +55,11 @@ def read_ref(ds, bands: Sequence[int], scale: BandScale, grid: Grid,
     return out
 
 
-def write_window(ds, arr: np.ndarray, row0: int, col0: int) -> None:
+def write_window(ds, arr: np.ndarray, row0: int, col0: int,
+                 mask: Optional[np.ndarray] = None) -> None:
+    """arr [C, h, w] at (row0, col0); mask [h, w] bool: also the per-dataset mask there."""
     from rasterio.windows import Window
-    ds.write(arr, window=Window(col0, row0, arr.shape[-1], arr.shape[-2]))
+    win = Window(col0, row0, arr.shape[-1], arr.shape[-2])
+    ds.write(arr, window=win)
+    if mask is not None:
+        ds.write_mask(np.where(mask, 255, 0).astype(np.uint8), window=win)

@@ -202,6 +202,76 @@ def test_nodata_never_leaks(tmp_path, model):
     assert np.array_equal(outs[0][:, ~mask], outs[65535][:, ~mask])
 
 
+def _masked_tif(path, hwc, transform, hole, kind):
+    """A uint8 GeoTIFF whose pixels under `hole` hold garbage (255) and are marked invalid by
+    `kind`: "nodata" (value 0 there), "alpha" (an RGBA file, alpha 0 there) or "mask" (an
+    internal per-dataset mask, 0 there)."""
+    from rasterio.enums import ColorInterp
+    x = hwc.copy()
+    if kind == "nodata":
+        x[hole] = 0
+        return write_tif(path, x, transform, nodata=0)
+    x[hole] = 255
+    if kind == "alpha":
+        alpha = np.where(hole, 0, 255).astype(np.uint8)[..., None]
+        write_tif(path, np.concatenate([x, alpha], -1), transform, colorinterp=None,
+                  photometric="RGB")
+        with rasterio.open(path, "r+") as ds:
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                              ColorInterp.alpha]
+        return path
+    write_tif(path, x, transform)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as ds:
+        ds.write_mask(np.where(hole, 0, 255).astype(np.uint8))
+    return path
+
+
+def test_alpha_band_and_mask_are_holes_like_nodata(tmp_path, model):
+    """The same holes in LR and Ref marked by a nodata value, an alpha band (RGBA, as drone
+    orthomosaics come) or an internal mask, with garbage under the alpha / mask: the valid
+    output pixels are the same in all three (the garbage never reaches them; the nodata file's
+    valid 0s are moved to 1, the rule for a nodata value), and the output marks its holes the
+    way the LR does, on exactly the upsampled hole: alpha band last (colour interpretation
+    alpha, the LR's alpha values), or an internal mask; COG and tiled GeoTIFF output."""
+    from rio_cogeo.cogeo import cog_validate
+    lr, _, ref = triplet()
+    lr, ref = lr[:64, :64], ref[:256, :256]
+    hole = np.zeros(lr.shape[:2], bool)
+    hole[20:30, 25:40] = True
+    hole[:3, :] = True
+    rhole = np.zeros(ref.shape[:2], bool)
+    rhole[100:160, 40:120] = True
+    up = np.repeat(np.repeat(hole, 4, 0), 4, 1)
+    outs = {}
+    for kind, cog in (("nodata", True), ("alpha", True), ("mask", True), ("mask", False)):
+        a = _masked_tif(tmp_path / f"lr_{kind}.tif", lr, lr_transform(), hole, kind)
+        b = _masked_tif(tmp_path / f"ref_{kind}.tif", ref, lr_transform(0.6), rhole, kind)
+        o = tmp_path / f"sr_{kind}_{cog}.tif"
+        s = super_resolve_scene(a, b, o, model, steps=2, tile=128, overlap=32, cog=cog)
+        if cog:
+            ok, errors, _ = cog_validate(str(o), quiet=True)
+            assert ok, errors
+        with rasterio.open(o) as ds:
+            img = ds.read([1, 2, 3])
+            names = [c.name for c in ds.colorinterp]
+            if kind == "alpha":
+                assert s["bands"] == ds.count == 4 and names == ["red", "green", "blue", "alpha"]
+                assert np.array_equal(ds.read(4), np.where(up, 0, 255))
+            else:
+                assert s["bands"] == ds.count == 3 and names == ["red", "green", "blue"]
+            if kind == "mask":
+                assert ds.nodata is None
+                assert np.array_equal(ds.dataset_mask(), np.where(up, 0, 255))
+            if kind == "nodata":
+                assert (img[:, up] == 0).all() and (img[:, ~up] != 0).all()
+            else:
+                assert (img[:, up] == 0).all()            # holes zeroed, not model output
+        outs[kind, cog] = img
+    want = np.maximum(outs["nodata", True][:, ~up], 1)
+    for key, img in outs.items():
+        assert np.array_equal(np.maximum(img[:, ~up], 1), want), key
+
+
 def test_uint16_round_trip(tmp_path, model, crop):
     """uint16 = 257 x uint8 with the range 0..65535 is the uint8 scene, written back in uint16."""
     lr, _, ref = crop
