@@ -6,7 +6,8 @@
 The detail a x4 SR model must add is r = HR - bicubic(LR). The Ref's comparable detail is
 d = Ref - bicubic(down(Ref)) after aligning the Ref to bicubic(LR) with
 `sharp.refsr.align_reference` ("none": as given, "global": shift + colour, "local": + dense
-block-matching warp). Per image, for the true Ref and another scene's Ref (the next image's):
+block-matching warp; "hr": the local alignment against the HR itself at full resolution, an
+oracle alignment that shows how much better registration could make the Ref). Per image, for the true Ref and another scene's Ref (the next image's):
   corr         correlation of r and d (0 = the Ref's detail tells nothing about the HR's)
   oracle       PSNR gain of bicubic + a d over bicubic, a fitted on the HR (upper bound of any
                global linear copy)
@@ -19,7 +20,8 @@ The gap true - wrong is what the Ref's content is worth to each rule.
 With a DS-DiT checkpoint (--ckpt; default the shipped one, --no-network skips it) one more row,
 "network" alignment "local": the same oracle-gate on top of the network's no-Ref output
 (r = HR - SR_weak): what copying the Ref's aligned detail could still add to a model that has
-already taken what the LR tells, i.e. a ceiling for any Ref effect of this kind.
+already taken what the LR tells, i.e. a ceiling for any Ref effect of this kind; and "network-hr"
+the same with the oracle alignment.
 """
 from __future__ import annotations
 
@@ -100,11 +102,12 @@ def main(argv=None) -> int:
 
     folder = TripletFolder(args.data)
     n = len(folder) if args.limit <= 0 else min(args.limit, len(folder))
-    modes = ("none", "global", "local")
+    modes = ("none", "global", "local", "hr")
     rules = ("corr", "oracle", "oracle-gate", "transfer")
     rows = {(m, which, rule): [] for m in modes for which in ("true", "wrong") for rule in rules}
     if model is not None:
-        rows.update({("network", which, "oracle-gate"): [] for which in ("true", "wrong")})
+        rows.update({(m, which, "oracle-gate"): [] for m in ("network", "network-hr")
+                     for which in ("true", "wrong")})
     for i in range(n):
         hr, lr, ref = folder.load(i)
         wrong = folder.load((i + 1) % len(folder))[2]
@@ -115,17 +118,20 @@ def main(argv=None) -> int:
             weak = super_resolve(model, lr[0].permute(1, 2, 0), None, scale=s).permute(2, 0, 1)[None]
         for which, cand in (("true", ref), ("wrong", wrong)):
             for m in modes:
-                aligned, conf = align_reference(cand, up, s, "global" if m == "none" else m,
-                                                register=m != "none")
+                if m == "hr":    # oracle alignment: block matching against the HR, unblurred
+                    aligned, conf = align_reference(cand, hr, 1, "local")
+                else:
+                    aligned, conf = align_reference(cand, up, s, "global" if m == "none" else m,
+                                                    register=m != "none")
                 d = detail(aligned)
                 a = float((r * d).sum() / (d * d).sum())
                 rows[(m, which, "corr")].append(float((r * d).sum() / (r.norm() * d.norm())))
                 rows[(m, which, "oracle")].append(psnr(up + a * d, hr) - base)
                 rows[(m, which, "oracle-gate")].append(psnr(up + block_gate(r, d, args.block) * d, hr) - base)
                 rows[(m, which, "transfer")].append(psnr(up + gain * conf ** CONF_POWER * d, hr) - base)
-                if model is not None and m == "local":
+                if model is not None and m in ("local", "hr"):
                     rn = hr - weak
-                    rows[("network", which, "oracle-gate")].append(
+                    rows[("network" if m == "local" else "network-hr", which, "oracle-gate")].append(
                         psnr(weak + block_gate(rn, d, args.block) * d, hr) - psnr(weak, hr))
         print(f"[{i + 1}/{n}] {folder.names[i]}: local true/wrong oracle-gate "
               f"{rows[('local', 'true', 'oracle-gate')][-1]:+.3f}/{rows[('local', 'wrong', 'oracle-gate')][-1]:+.3f} dB",
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
     print(f"\n{n} images of {args.data}; PSNR gains over bicubic in dB (corr: correlation; the network row: over the network's no-Ref output)\n")
     print("| alignment | rule | true Ref | wrong Ref | true - wrong |\n|---|---|---|---|---|")
     for m, rule in [(m, rule) for m in modes for rule in rules] + (
-            [("network", "oracle-gate")] if model is not None else []):
+            [("network", "oracle-gate"), ("network-hr", "oracle-gate")] if model is not None else []):
         t, w = mean[(m, "true", rule)], mean[(m, "wrong", rule)]
         print(f"| {m} | {rule} | {t:+.3f} | {w:+.3f} | {t - w:+.3f} |")
     if args.json:

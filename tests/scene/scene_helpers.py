@@ -43,6 +43,31 @@ def write_tif(path: Path, hwc: np.ndarray, transform, crs: str = "EPSG:3857", no
     return path
 
 
+def masked_tif(path, hwc, transform, hole, kind):
+    """A uint8 GeoTIFF whose pixels under `hole` hold garbage (255) and are marked invalid by
+    `kind`: "nodata" (value 0 there), "alpha" (an RGBA file, alpha 0 there) or "mask" (an
+    internal per-dataset mask, 0 there)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    x = hwc.copy()
+    if kind == "nodata":
+        x[hole] = 0
+        return write_tif(path, x, transform, nodata=0)
+    x[hole] = 255
+    if kind == "alpha":
+        alpha = np.where(hole, 0, 255).astype(np.uint8)[..., None]
+        write_tif(path, np.concatenate([x, alpha], -1), transform, colorinterp=None,
+                  photometric="RGB")
+        with rasterio.open(path, "r+") as ds:
+            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                              ColorInterp.alpha]
+        return path
+    write_tif(path, x, transform)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as ds:
+        ds.write_mask(np.where(hole, 0, 255).astype(np.uint8))
+    return path
+
+
 def lr_transform(pixel: float = LR_PIXEL):
     return Affine(pixel, 0.0, ORIGIN[0], 0.0, -pixel, ORIGIN[1])
 

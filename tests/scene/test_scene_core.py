@@ -6,8 +6,8 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from scene.scene_helpers import (RRSSRD, lr_transform, read, reproject_ref, triplet, write_pair,
-                                 write_tif)
+from scene.scene_helpers import (RRSSRD, lr_transform, masked_tif, read, reproject_ref, triplet,
+                                 write_pair, write_tif)
 from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 from sharp.scene import super_resolve_scene
 from sharp.scene.bands import BandScale, PERCENTILES, parse_range, scene_scale, to_native
@@ -202,30 +202,6 @@ def test_nodata_never_leaks(tmp_path, model):
     assert np.array_equal(outs[0][:, ~mask], outs[65535][:, ~mask])
 
 
-def _masked_tif(path, hwc, transform, hole, kind):
-    """A uint8 GeoTIFF whose pixels under `hole` hold garbage (255) and are marked invalid by
-    `kind`: "nodata" (value 0 there), "alpha" (an RGBA file, alpha 0 there) or "mask" (an
-    internal per-dataset mask, 0 there)."""
-    from rasterio.enums import ColorInterp
-    x = hwc.copy()
-    if kind == "nodata":
-        x[hole] = 0
-        return write_tif(path, x, transform, nodata=0)
-    x[hole] = 255
-    if kind == "alpha":
-        alpha = np.where(hole, 0, 255).astype(np.uint8)[..., None]
-        write_tif(path, np.concatenate([x, alpha], -1), transform, colorinterp=None,
-                  photometric="RGB")
-        with rasterio.open(path, "r+") as ds:
-            ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
-                              ColorInterp.alpha]
-        return path
-    write_tif(path, x, transform)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as ds:
-        ds.write_mask(np.where(hole, 0, 255).astype(np.uint8))
-    return path
-
-
 def test_alpha_band_and_mask_are_holes_like_nodata(tmp_path, model):
     """The same holes in LR and Ref marked by a nodata value, an alpha band (RGBA, as drone
     orthomosaics come) or an internal mask, with garbage under the alpha / mask: the valid
@@ -244,8 +220,8 @@ def test_alpha_band_and_mask_are_holes_like_nodata(tmp_path, model):
     up = np.repeat(np.repeat(hole, 4, 0), 4, 1)
     outs = {}
     for kind, cog in (("nodata", True), ("alpha", True), ("mask", True), ("mask", False)):
-        a = _masked_tif(tmp_path / f"lr_{kind}.tif", lr, lr_transform(), hole, kind)
-        b = _masked_tif(tmp_path / f"ref_{kind}.tif", ref, lr_transform(0.6), rhole, kind)
+        a = masked_tif(tmp_path / f"lr_{kind}.tif", lr, lr_transform(), hole, kind)
+        b = masked_tif(tmp_path / f"ref_{kind}.tif", ref, lr_transform(0.6), rhole, kind)
         o = tmp_path / f"sr_{kind}_{cog}.tif"
         s = super_resolve_scene(a, b, o, model, steps=2, tile=128, overlap=32, cog=cog)
         if cog:
