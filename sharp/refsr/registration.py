@@ -136,22 +136,27 @@ def block_ncc_volume(fixed: torch.Tensor, moving: torch.Tensor, block: int, radi
     shared = (2 * radius + 1) ** 2 > stride * stride
     if shared:
         m1, m2 = F.avg_pool2d(padded, block, 1), F.avg_pool2d(padded * padded, block, 1)
-    out = []
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if cancel is not None:
-                cancel()
-            cand = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
-            if shared:
-                at = (..., slice(radius + dy, radius + dy + stride * (hb - 1) + 1, stride),
-                      slice(radius + dx, radius + dx + stride * (wb - 1) + 1, stride))
-                mu_c, var_c = _mean_var(m1[at], m2[at])
-            else:
-                mu_c, var_c = _block_stats(cand, block, stride)
-            cov = F.avg_pool2d(fixed * cand, block, stride) - mu_f * mu_c
-            # the variance floor (grey std 0.01) sends flat blocks (water, fields) to ~0
-            out.append(cov / ((var_f + NCC_FLOOR) * (var_c + NCC_FLOOR)).sqrt())
-    return torch.cat(out, dim=1)
+    # One image-sized buffer for fixed * cand and the volume allocated once: a fresh image-sized
+    # temporary per displacement, freed between small allocations, fragments glibc's heap
+    # (measured: whole-image peaks of 2.5-3.3 GiB instead of 0.9 at 2048^2, run to run).
+    prod = torch.empty_like(fixed)
+    n = 2 * radius + 1
+    volume = fixed.new_empty(fixed.shape[0], n * n, hb, wb)
+    for k in range(n * n):
+        dy, dx = k // n - radius, k % n - radius
+        if cancel is not None:
+            cancel()
+        cand = padded[..., radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+        if shared:
+            at = (..., slice(radius + dy, radius + dy + stride * (hb - 1) + 1, stride),
+                  slice(radius + dx, radius + dx + stride * (wb - 1) + 1, stride))
+            mu_c, var_c = _mean_var(m1[at], m2[at])
+        else:
+            mu_c, var_c = _block_stats(cand, block, stride)
+        cov = F.avg_pool2d(torch.mul(fixed, cand, out=prod), block, stride) - mu_f * mu_c
+        # the variance floor (grey std 0.01) sends flat blocks (water, fields) to ~0
+        volume[:, k:k + 1] = cov / ((var_f + NCC_FLOOR) * (var_c + NCC_FLOOR)).sqrt()
+    return volume
 
 
 def _subpixel(volume: torch.Tensor, best: torch.Tensor, radius: int) -> torch.Tensor:
