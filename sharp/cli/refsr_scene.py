@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     many.add_argument("--out-dir", help="output folder for --lr-dir (and --manifest rows "
                                         "without out)")
     p.add_argument("--ckpt", help="DS-DiT .safetensors checkpoint (default: the shipped small one)")
+    p.add_argument("--vae", metavar="PATH",
+                   help="a latent-space checkpoint's VAE: a diffusers folder or a .safetensors "
+                        "file (diffusers or ComfyUI layout; needs diffusers, the [latent] extra)")
     p.add_argument("--scale", type=int, default=4, choices=[2, 4, 8])
     p.add_argument("--bands", help="LR bands for the model's R,G,B: 1-based indices (3,2,1) or "
                                    "colour names (red,green,blue; nir,red,green); default: by "
@@ -129,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap, workers=args.workers, threads=args.threads, address=args.address,
         device=args.device, resume=args.resume, overwrite=args.overwrite, cog=not args.no_cog,
         min_overlap=args.min_overlap, progress=progress, commit_seconds=args.commit_every)
+    if args.vae:
+        from sharp.refsr.vae import load_vae
+        options["vae"] = load_vae(args.vae, device=args.device)
     pairs = scene_pairs(args)
 
     def on_scene(i, n, pair):

@@ -24,9 +24,8 @@ from typing import Callable, Optional, Sequence
 
 from .errors import SceneError
 from .journal import journal_path, partial_path
-from .pool import Pools
-from .run import (COMMIT_SECONDS, GDAL_OPTIONS, check_options, load_model, plan_scene,
-                  run_scene)
+from .pool import Pools, check_vae
+from .run import COMMIT_SECONDS, GDAL_OPTIONS, check_options, load_model, plan_scene, run_scene
 
 SUFFIXES = (".tif", ".tiff")
 MANIFEST_COLUMNS = ("lr", "ref", "out")
@@ -126,7 +125,7 @@ def super_resolve_scenes(pairs: Sequence[Pair], model=None, checkpoint=None, *, 
                          cog: bool = True, resume: bool = False, overwrite: bool = False,
                          on_scene: Optional[Callable[[int, int, Pair], None]] = None,
                          progress: Optional[Callable[[int, int, int, float], None]] = None,
-                         should_stop: Optional[Callable[[], bool]] = None,
+                         should_stop: Optional[Callable[[], bool]] = None, vae=None,
                          pool_hook: Optional[Callable] = None,
                          commit_seconds: float = COMMIT_SECONDS, **options) -> dict:
     """Super-resolve every pair (Pair(lr, ref, out)) with the options of super_resolve_scene,
@@ -144,6 +143,7 @@ def super_resolve_scenes(pairs: Sequence[Pair], model=None, checkpoint=None, *, 
     t0 = time.perf_counter()
     with rasterio.Env(**GDAL_OPTIONS):
         model = load_model(model, checkpoint, device)
+        check_vae(model, vae, workers)
         todo, done = [], []
         for i, pair in enumerate(pairs):         # every check before any work
             state = scene_state(pair.out)
@@ -157,7 +157,7 @@ def super_resolve_scenes(pairs: Sequence[Pair], model=None, checkpoint=None, *, 
                 raise SceneError(f"scene {i + 1} of {len(pairs)} ({pair.lr}): {err}; nothing "
                                  "was computed") from None
             todo.append((pair, kw))
-        pools = Pools(model, workers, threads, address, device, hook=pool_hook)
+        pools = Pools(model, workers, threads, address, device, vae, pool_hook)
         summaries = []
         try:
             for k, (pair, kw) in enumerate(todo):

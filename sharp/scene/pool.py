@@ -3,7 +3,8 @@
 Both pools take TileJobs and yield (job index, result) as tiles finish; the driver blends and
 writes. The Ray pool keeps at most `2 x workers` tiles in flight (bounded memory), loads the
 model once per worker from the checkpoint bytes put in the object store (so a cluster needs no
-shared file system), pins torch to `threads` per worker (a local Ray gets exactly workers x
+shared file system; a latent-space checkpoint's VAE travels the same way: its diffusers
+AutoencoderKL config and weights), pins torch to `threads` per worker (a local Ray gets exactly workers x
 threads CPUs at normal priority, no task events, objects freed as soon as they are out of
 scope and an object store sized to the tiles in flight, `store_bytes`), and resubmits a tile
 whose worker died to a live worker (up to `retries` times), while Ray restarts the dead one,
@@ -81,7 +82,8 @@ class _Worker:
         check_state(cfg, state, "checkpoint sent to the worker")
         model.load_state_dict(state)
         self.model = model.to(device).eval()
-        self.space = WorkingSpace(cfg)
+        self.space = WorkingSpace(cfg, vae_from_payload(payload["vae"], device)
+                                  if payload.get("vae") else None)
 
     def pid(self) -> int:
         return os.getpid()
@@ -94,11 +96,48 @@ class _Worker:
         return out
 
 
-def model_payload(model) -> dict:
-    """The model as bytes for the workers: safetensors tensors + config JSON."""
+def _tensor_bytes(module) -> bytes:
     from safetensors.torch import save
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return {"tensors": save(sd), "config": model.cfg.to_json()}
+    return save({k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()})
+
+
+def check_vae(model, vae, workers: int) -> None:
+    """Before any work: a latent-space checkpoint needs its VAE, a pixel-space one takes none,
+    and Ray workers (workers > 0) can rebuild only a VAE loaded from a file (a
+    sharp.refsr.vae.DiffusersVAE), not e.g. a ComfyUI VAE."""
+    latent = model.cfg.space != "pixel"
+    if latent and vae is None:
+        raise SceneError("this checkpoint works in a VAE's latent space: give its VAE (--vae "
+                         "PATH: a diffusers folder or a .safetensors VAE file)")
+    if vae is not None and not latent:
+        raise SceneError("a VAE was given, but this checkpoint works in pixel space: drop --vae")
+    if latent and workers > 0 and not hasattr(getattr(vae, "vae", None), "config"):
+        raise SceneError("Ray workers rebuild a latent-space checkpoint's VAE from its diffusers "
+                         f"AutoencoderKL config and weights, which a {type(vae).__name__} does not "
+                         "have: load the VAE from its file (sharp.refsr.vae.load_vae, --vae), or "
+                         "use --workers 0 (tiles in this process)")
+
+
+def model_payload(model, vae=None) -> dict:
+    """The model as bytes for the workers: safetensors tensors + config JSON; with a latent
+    checkpoint's VAE (a sharp.refsr.vae.DiffusersVAE) its AutoencoderKL config, weights and
+    latent normalisation too (check_vae says which VAEs can go)."""
+    check_vae(model, vae, workers=1)
+    out = {"tensors": _tensor_bytes(model), "config": model.cfg.to_json(), "vae": None}
+    if vae is not None:
+        out["vae"] = {"config": dict(vae.vae.config), "tensors": _tensor_bytes(vae.vae),
+                      "scaling": vae.scaling, "shift": vae.shift}
+    return out
+
+
+def vae_from_payload(payload: dict, device: str):
+    """The DiffusersVAE model_payload sent (in a worker: needs diffusers there)."""
+    from safetensors.torch import load
+
+    from sharp.refsr.vae import DiffusersVAE, _diffusers
+    vae = _diffusers().from_config(payload["config"])
+    vae.load_state_dict(load(payload["tensors"]))
+    return DiffusersVAE(vae.to(device), payload["scaling"], payload["shift"])
 
 
 def store_bytes(workers: int, tile_bytes: int) -> int:
@@ -141,15 +180,13 @@ class RayPool:
 
     def __init__(self, model, workers: int, threads: int = 1,
                  address: Optional[str] = None, device: str = "cpu", retries: int = 3,
-                 tile_bytes: int = 16 << 20):
+                 tile_bytes: int = 16 << 20, vae=None):
         try:
             import ray
         except ImportError:
             raise SceneError("Ray is not installed: pip install 'comfyui-sharp[geo]' (or "
                              "pip install ray), or run with --workers 0 (in this process)") from None
-        if model.cfg.space != "pixel":
-            raise SceneError("Ray workers run pixel-space checkpoints only (a latent-space one "
-                             "needs its VAE in every worker): use --workers 0")
+        payload = model_payload(model, vae)      # checked before Ray starts
         self.ray = ray
         self.started = False
         if not ray.is_initialized():
@@ -163,7 +200,7 @@ class RayPool:
         actor = ray.remote(num_cpus=max(1, threads), num_gpus=gpus, max_restarts=retries,
                            max_task_retries=0)(_Worker)
         # held for the pool's life: a restarted worker is built from it again
-        self.payload = ray.put(model_payload(model))
+        self.payload = ray.put(payload)
         self.actors = [actor.remote(self.payload, threads, device)
                        for _ in range(workers)]
         self.workers = workers
@@ -268,7 +305,7 @@ class Pools:
                 self.pool = LocalPool(self.model, self.vae)
             else:
                 self.pool = RayPool(self.model, self.workers, self.threads, self.address,
-                                    self.device, tile_bytes=tile_bytes)
+                                    self.device, tile_bytes=tile_bytes, vae=self.vae)
             if self.hook is not None:
                 self.hook(self.pool)
         return self.pool

@@ -38,7 +38,7 @@ from .grid import Grid, check_pair, open_raster, output_grid
 from .journal import Journal, file_id, journal_path, partial_path
 from .nodata import FILL_RADIUS, output_valid
 from .plan import Cell, Tile, lr_window, make_cells, make_tiles
-from .pool import Pools, release_memory
+from .pool import Pools, check_vae, release_memory
 from .seams import DiskSeams
 from .tile import TileJob, TileSettings, tensor
 from .windows import read_lr, read_ref, ref_resampling, write_window
@@ -468,7 +468,9 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
     min_overlap, resume, overwrite). workers 0: in this process; N: N Ray workers (address: a
     Ray cluster). progress(tiles_done, tiles_total, pixels_written, seconds); should_stop() is
     asked between tiles; commit_seconds: how often the partial file is flushed and the journal
-    appended; pool_hook(pool) is called once the pool is up. Returns a summary. GDAL's block
+    appended; pool_hook(pool) is called once the pool is up. vae: a latent-space checkpoint's
+    VAE (a LatentCodec; for Ray workers one from sharp.refsr.vae.load_vae, which they rebuild).
+    Returns a summary. GDAL's block
     cache is capped at GDAL_CACHE_MB for the run (its default, 5% of RAM, would grow with the
     scene)."""
     import rasterio
@@ -478,6 +480,7 @@ def super_resolve_scene(lr_path, ref_path, out_path, model=None, checkpoint=None
     with rasterio.Env(**GDAL_OPTIONS):
         output_paths(out_path, options.get("resume", False), options.get("overwrite", False))
         model = load_model(model, checkpoint, device)
+        check_vae(model, vae, workers)
         scene = plan_scene(lr_path, ref_path, out_path, model, cog=cog, **options)
         pools = Pools(model, workers, threads, address, device, vae, pool_hook)
         try:

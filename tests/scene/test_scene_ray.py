@@ -80,3 +80,43 @@ def test_noise_and_batches_on_two_workers(tmp_path, cluster, scene):
     assert np.array_equal(read(tmp_path / "s1.tif"), n0)
     super_resolve_scene(a, None, tmp_path / "lr_only.tif", model, **noisy)
     assert np.array_equal(read(tmp_path / "s2.tif"), read(tmp_path / "lr_only.tif"))
+
+
+def test_latent_checkpoint_on_two_workers(tmp_path, cluster, scene):
+    """A latent-space checkpoint with its VAE (loaded from a file) runs on Ray workers, which
+    rebuild the VAE from the bytes they are sent: the same bits as in this process. A VAE that
+    is not a diffusers AutoencoderKL is refused before Ray starts; a latent checkpoint without
+    a VAE, and a VAE with a pixel checkpoint, before any work."""
+    import torch
+    diffusers = pytest.importorskip("diffusers", reason="the [latent] extra is not installed")
+    from safetensors.torch import save_file
+
+    from sharp.refsr.config import DSDiTConfig
+    from sharp.refsr.model import DSDiT
+    from sharp.refsr.space import CallableVAE
+    from sharp.refsr.vae import load_vae
+    from sharp.scene import SceneError
+
+    torch.manual_seed(0)
+    ae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 32),
+                                 down_block_types=("DownEncoderBlock2D",) * 2,
+                                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
+                                 latent_channels=4, norm_num_groups=32)
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(tmp_path / "vae.safetensors"))
+    vae = load_vae(tmp_path / "vae.safetensors")
+    cfg = DSDiTConfig(space="latent", latent_channels=4, latent_downscale=2, patch=2, dim=16,
+                      depth=1, heads=2, plw_hidden=4, res_scale=1.0, predict="x1")
+    model = DSDiT(cfg).eval()
+    a, b = scene
+    super_resolve_scene(a, b, tmp_path / "l0.tif", model, workers=0, vae=vae, **KW)
+    s = super_resolve_scene(a, b, tmp_path / "l2.tif", model, workers=2, vae=vae, **KW)
+    assert s["tiles"] == 16
+    assert np.array_equal(read(tmp_path / "l0.tif"), read(tmp_path / "l2.tif"))
+    other = CallableVAE(vae.encode, vae.decode, 4, 2)
+    with pytest.raises(SceneError, match="load the VAE from its file"):
+        super_resolve_scene(a, b, tmp_path / "x.tif", model, workers=2, vae=other, **KW)
+    with pytest.raises(SceneError, match="latent space: give its VAE"):
+        super_resolve_scene(a, b, tmp_path / "x.tif", model, workers=0, **KW)
+    with pytest.raises(SceneError, match="pixel space: drop --vae"):
+        super_resolve_scene(a, b, tmp_path / "x.tif", load_dsdit(DEFAULT_CHECKPOINT), vae=vae, **KW)
+    assert not (tmp_path / "x.tif").exists() and not (tmp_path / "x.tif.partial").exists()
