@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -324,7 +325,7 @@ def main() -> None:
 
     def median(size, w, key):
         v = sorted(r[key] for r in scene if r["size"] == size and r["workers"] == w)
-        return v[len(v) // 2] if v else None
+        return statistics.median(v) if v else None
 
     ratios = {}
     for w in args.workers:
@@ -347,7 +348,7 @@ def main() -> None:
         v = sorted(r["mpx_per_s"] for r in results["runs"]
                    if r["path"] != "scene" and r["tile_plan"] == plan)
         if v and one:
-            ratios[f"speed_scene_1w_over_memory{key}_{lo}"] = one / v[len(v) // 2]
+            ratios[f"speed_scene_1w_over_memory{key}_{lo}"] = one / statistics.median(v)
     results["ratios"] = ratios
     save()
     results["machine"]["load_at_end"] = os.getloadavg()

@@ -41,7 +41,7 @@ from .plan import Cell, Tile, lr_window, make_cells, make_tiles
 from .pool import Pools, check_vae, release_memory
 from .seams import DiskSeams
 from .tile import TileJob, TileSettings, tensor
-from .windows import read_lr, read_ref, ref_resampling, write_window
+from .windows import read_lr, read_ref, read_window, ref_resampling, write_window
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def tile_jobs(scene: Scene, todo: list[int], skipped: list[int]):
             yield TileJob(i, box, (t.h, t.w), lbox[:2], None, None, None,
                           np.zeros((len(extras), 1, 1), np.float32) if extras else None, st)
             continue
-        ex = read_lr(lr, extras, lbox)[0].astype(np.float32) if extras else None
+        ex = read_window(lr, extras, lbox).astype(np.float32) if extras else None
         rwin = read_ref(scene.ref, scene.r_bands, scene.ref_scale, grid, box, resampling) \
             if scene.ref is not None else None
         yield TileJob(i, box, (t.h, t.w), lbox[:2], scene.lr_scale.to_unit(raw),
@@ -316,7 +316,7 @@ def write_cell(scene: Scene, ds, c: Cell, arrays: dict) -> None:
                        scene.lr.nodata, valid)
         block = np.concatenate([block, ex])
     if scene.mask == "alpha":      # the LR's alpha, nearest: the same holes, its own values
-        alpha = read_lr(scene.lr, scene.file_bands[-1:], _cell_box(scene, c))[0]
+        alpha = read_window(scene.lr, scene.file_bands[-1:], _cell_box(scene, c))
         block = np.concatenate([block, _cell_lr(scene, c, alpha).astype(block.dtype)])
     write_window(ds, block, c.y0, c.x0, mask=valid if scene.mask == "mask" else None)
 

@@ -20,13 +20,20 @@ def read_lr(ds, bands: Sequence[int], box: tuple[int, int, int, int]
             ) -> tuple[np.ndarray, np.ndarray]:
     """(native values [C, rows, cols], valid [rows, cols] bool: see bands.valid_mask) of an LR
     window (row0, col0, rows, cols); bands may repeat."""
+    arr = read_window(ds, bands, box)
+    return arr, valid_mask(arr, ds.nodata, read_mask(ds, bands[0], window=_window(box)))
+
+
+def _window(box: tuple[int, int, int, int]):
     from rasterio.windows import Window
     r0, c0, h, w = box
+    return Window(c0, r0, w, h)
+
+
+def read_window(ds, bands: Sequence[int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Native values [C, rows, cols] of a window (row0, col0, rows, cols); bands may repeat."""
     uniq = sorted(set(bands))
-    win = Window(c0, r0, w, h)
-    arr = ds.read(uniq, window=win)
-    arr = arr[[uniq.index(b) for b in bands]]
-    return arr, valid_mask(arr, ds.nodata, read_mask(ds, uniq[0], window=win))
+    return ds.read(uniq, window=_window(box))[[uniq.index(b) for b in bands]]
 
 
 def ref_resampling(ref_pixel: float, out_pixel: float):
@@ -58,8 +65,7 @@ def read_ref(ds, bands: Sequence[int], scale: BandScale, grid: Grid,
 def write_window(ds, arr: np.ndarray, row0: int, col0: int,
                  mask: Optional[np.ndarray] = None) -> None:
     """arr [C, h, w] at (row0, col0); mask [h, w] bool: also the per-dataset mask there."""
-    from rasterio.windows import Window
-    win = Window(col0, row0, arr.shape[-1], arr.shape[-2])
+    win = _window((row0, col0, arr.shape[-2], arr.shape[-1]))
     ds.write(arr, window=win)
     if mask is not None:
         ds.write_mask(np.where(mask, 255, 0).astype(np.uint8), window=win)
