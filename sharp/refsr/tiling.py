@@ -30,7 +30,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 def even_starts(length: int, tile: int, overlap: int, unit: int = 1) -> tuple[list[int], int]:
     """(starts, size): the fewest tiles of at most `tile` that cover [0, length) overlapping by
     >= `overlap` (as many as tile_starts uses), each only as large as that needs, spread
-    evenly; starts and size are multiples of unit (length, tile and overlap must be too).
+    evenly; starts and size are multiples of unit (length and tile must be too).
     tile_starts puts the last tile flush with the end, so at unlucky lengths the tiles overlap
     far more than asked (2048 with 512 / 64: five tiles of 512 where five of 464 do)."""
     if tile <= overlap:
