@@ -86,6 +86,22 @@ class DiffusersVAE:
     def device(self):
         return next(self.vae.parameters()).device
 
+    def payload(self) -> dict:
+        """This codec as plain data (AutoencoderKL config, safetensors bytes, normalisation),
+        to rebuild it elsewhere with from_payload (e.g. in a Ray worker)."""
+        from safetensors.torch import save
+        tensors = save({k: v.detach().to("cpu").contiguous() for k, v in self.vae.state_dict().items()})
+        return {"config": dict(self.vae.config), "tensors": tensors, "scaling": self.scaling,
+                "shift": self.shift}
+
+    @classmethod
+    def from_payload(cls, payload: dict, device: str = "cpu") -> "DiffusersVAE":
+        """The codec payload() describes (needs diffusers)."""
+        from safetensors.torch import load
+        vae = _diffusers().from_config(payload["config"])
+        vae.load_state_dict(load(payload["tensors"]))
+        return cls(vae.to(device), payload["scaling"], payload["shift"])
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, next(self.vae.parameters()).dtype) * 2.0 - 1.0

@@ -74,6 +74,7 @@ class _Worker:
         from sharp.refsr.config import DSDiTConfig
         from sharp.refsr.model import DSDiT
         from sharp.refsr.space import WorkingSpace
+        from sharp.refsr.vae import DiffusersVAE
 
         torch.set_num_threads(max(1, int(threads)))
         cfg = DSDiTConfig.from_json(payload["config"])
@@ -82,8 +83,8 @@ class _Worker:
         check_state(cfg, state, "checkpoint sent to the worker")
         model.load_state_dict(state)
         self.model = model.to(device).eval()
-        self.space = WorkingSpace(cfg, vae_from_payload(payload["vae"], device)
-                                  if payload.get("vae") else None)
+        vae = DiffusersVAE.from_payload(payload["vae"], device) if payload["vae"] else None
+        self.space = WorkingSpace(cfg, vae)
 
     def pid(self) -> int:
         return os.getpid()
@@ -96,22 +97,18 @@ class _Worker:
         return out
 
 
-def _tensor_bytes(module) -> bytes:
-    from safetensors.torch import save
-    return save({k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()})
-
-
 def check_vae(model, vae, workers: int) -> None:
     """Before any work: a latent-space checkpoint needs its VAE, a pixel-space one takes none,
     and Ray workers (workers > 0) can rebuild only a VAE loaded from a file (a
     sharp.refsr.vae.DiffusersVAE), not e.g. a ComfyUI VAE."""
+    from sharp.refsr.vae import DiffusersVAE
     latent = model.cfg.space != "pixel"
     if latent and vae is None:
         raise SceneError("this checkpoint works in a VAE's latent space: give its VAE (--vae "
                          "PATH: a diffusers folder or a .safetensors VAE file)")
     if vae is not None and not latent:
         raise SceneError("a VAE was given, but this checkpoint works in pixel space: drop --vae")
-    if latent and workers > 0 and not hasattr(getattr(vae, "vae", None), "config"):
+    if latent and workers > 0 and not isinstance(vae, DiffusersVAE):
         raise SceneError("Ray workers rebuild a latent-space checkpoint's VAE from its diffusers "
                          f"AutoencoderKL config and weights, which a {type(vae).__name__} does not "
                          "have: load the VAE from its file (sharp.refsr.vae.load_vae, --vae), or "
@@ -119,25 +116,13 @@ def check_vae(model, vae, workers: int) -> None:
 
 
 def model_payload(model, vae=None) -> dict:
-    """The model as bytes for the workers: safetensors tensors + config JSON; with a latent
-    checkpoint's VAE (a sharp.refsr.vae.DiffusersVAE) its AutoencoderKL config, weights and
-    latent normalisation too (check_vae says which VAEs can go)."""
+    """The model as bytes for the workers: safetensors tensors + config JSON, and a latent
+    checkpoint's VAE as DiffusersVAE.payload() (check_vae says which VAEs can go)."""
+    from safetensors.torch import save
     check_vae(model, vae, workers=1)
-    out = {"tensors": _tensor_bytes(model), "config": model.cfg.to_json(), "vae": None}
-    if vae is not None:
-        out["vae"] = {"config": dict(vae.vae.config), "tensors": _tensor_bytes(vae.vae),
-                      "scaling": vae.scaling, "shift": vae.shift}
-    return out
-
-
-def vae_from_payload(payload: dict, device: str):
-    """The DiffusersVAE model_payload sent (in a worker: needs diffusers there)."""
-    from safetensors.torch import load
-
-    from sharp.refsr.vae import DiffusersVAE, _diffusers
-    vae = _diffusers().from_config(payload["config"])
-    vae.load_state_dict(load(payload["tensors"]))
-    return DiffusersVAE(vae.to(device), payload["scaling"], payload["shift"])
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return {"tensors": save(sd), "config": model.cfg.to_json(),
+            "vae": vae.payload() if vae is not None else None}
 
 
 def store_bytes(workers: int, tile_bytes: int) -> int:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 LR_HALO = 2 + FILL_RADIUS          # bicubic taps + hole filling, LR pixels
 COMMIT_SECONDS = 10.0              # flush + journal at most this often (and at the end)
 GDAL_CACHE_MB = 16                 # GDAL's block cache: a few tiles' blocks, not the scene's
-GDAL_OPTIONS = dict(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK=True)   # masks in-file
+GDAL_OPTIONS = dict(GDAL_CACHEMAX=GDAL_CACHE_MB)   # the run's GDAL settings
 
 
 class Stopped(Exception):
