@@ -19,26 +19,8 @@ from collections import deque
 from typing import Callable, Iterable, Iterator, Optional
 
 from .errors import SceneError
+from .heap import WarmHeap
 from .tile import TileJob, empty_result, run_tile
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Tiles
-    allocate and free arrays of a few sizes over and over; glibc keeps freed chunks (and
-    raises its mmap threshold after the first large free, so later large arrays come from the
-    heap), and a long run's memory would creep up with the number of tiles."""
-    global _trim
-    if _trim is None:
-        try:
-            import ctypes
-            _trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim:
-        _trim(0)
-
-
-_trim = None
 
 
 class LocalPool:
@@ -77,6 +59,7 @@ class _Worker:
         from sharp.refsr.vae import DiffusersVAE
 
         torch.set_num_threads(max(1, int(threads)))
+        self.heap = WarmHeap()         # this process only runs tiles: keep their heap warm
         cfg = DSDiTConfig.from_json(payload["config"])
         state = load(payload["tensors"])
         model = DSDiT(cfg)
@@ -93,8 +76,11 @@ class _Worker:
         import torch
         with torch.no_grad():
             out = job.index, run_tile(self.model, self.space, job, job.settings)
-        release_memory()
+        self.heap.after_tile(job.size)
         return out
+
+    def heap_trims(self) -> int:
+        return self.heap.trims
 
 
 def check_vae(model, vae, workers: int) -> None:

@@ -38,10 +38,12 @@ from .grid import Grid, check_pair, open_raster, output_grid
 from .journal import Journal, file_id, journal_path, partial_path
 from .nodata import FILL_RADIUS, output_valid
 from .plan import Cell, Tile, lr_window, make_cells, make_tiles
-from .pool import Pools, check_vae, release_memory
+from .heap import release_memory
+from .pool import Pools, check_vae
 from .seams import DiskSeams
 from .tile import TileJob, TileSettings, tensor
-from .windows import read_lr, read_ref, read_window, ref_resampling, write_window
+from .windows import (aligned_offset, read_lr, read_ref, read_window, ref_resampling,
+                      write_window)
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +259,10 @@ def open_output(scene: Scene):
 def tile_jobs(scene: Scene, todo: list[int], skipped: list[int]):
     """TileJobs of the tiles `todo`, read by window; all-nodata tiles counted in skipped[0]."""
     grid, lr, st = scene.grid, scene.lr, scene.settings
-    resampling = ref_resampling(scene.figures["ref_pixel"], scene.figures["lr_pixel"] / st.scale) \
-        if scene.ref is not None else None
+    resampling = offset = None
+    if scene.ref is not None:
+        resampling = ref_resampling(scene.figures["ref_pixel"], scene.figures["lr_pixel"] / st.scale)
+        offset = aligned_offset(scene.ref, grid)
     extras = scene.extras
     for i in todo:
         t = scene.tiles[i]
@@ -271,8 +275,8 @@ def tile_jobs(scene: Scene, todo: list[int], skipped: list[int]):
                           np.zeros((len(extras), 1, 1), np.float32) if extras else None, st)
             continue
         ex = read_window(lr, extras, lbox).astype(np.float32) if extras else None
-        rwin = read_ref(scene.ref, scene.r_bands, scene.ref_scale, grid, box, resampling) \
-            if scene.ref is not None else None
+        rwin = read_ref(scene.ref, scene.r_bands, scene.ref_scale, grid, box, resampling,
+                        offset) if scene.ref is not None else None
         yield TileJob(i, box, (t.h, t.w), lbox[:2], scene.lr_scale.to_unit(raw),
                       None if valid.all() else valid, rwin, ex, st)
 
