@@ -6,7 +6,8 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from scene.scene_helpers import (RRSSRD, lr_transform, masked_tif, read, reproject_ref, triplet,
+from scene.scene_helpers import (LR_PIXEL, ORIGIN, RRSSRD, lr_transform, masked_tif, read,
+                                 reproject_ref, triplet,
                                  write_pair, write_tif)
 from sharp.refsr import DEFAULT_CHECKPOINT, load_dsdit, super_resolve
 from sharp.scene import super_resolve_scene
@@ -333,3 +334,66 @@ def test_reprojected_ref(tmp_path, model, crop):
     assert s2["coverage"] > 0.99
     d = np.abs(read(tmp_path / "o1.tif").astype(float) - read(tmp_path / "o2.tif"))
     assert d.mean() < 2.0
+
+
+@pytest.mark.parametrize("kind", ["nodata", "mask", "float-nan", "uint16", "none"])
+def test_aligned_ref_is_read_as_the_warp_reads_it(tmp_path, kind):
+    """A Ref on the output grid shifted by whole pixels (partly outside the output, with holes)
+    is read by window: aligned_offset finds the shift, and the values and holes are the warp's
+    bit for bit, inside, across the Ref's edge and outside it."""
+    from affine import Affine
+    from sharp.scene.grid import Grid
+    from sharp.scene.windows import aligned_offset
+    rng = np.random.default_rng(1)
+    _, _, ref = triplet()
+    img = ref[:200, :240].copy()
+    hole = np.zeros(img.shape[:2], bool)
+    hole[40:70, 100:130] = True
+    hole[rng.random(hole.shape) < 0.02] = True
+    px = LR_PIXEL / 4
+    t = Affine(px, 0.0, ORIGIN[0], 0.0, -px, ORIGIN[1])
+    path = tmp_path / "ref.tif"
+    if kind in ("nodata", "mask"):
+        masked_tif(path, img, t, hole, kind)
+    elif kind == "float-nan":
+        x = img.astype(np.float32) * 1.5
+        x[hole] = np.nan
+        write_tif(path, x, t, nodata=float("nan"))
+    elif kind == "uint16":
+        x = img.astype(np.uint16) * 200 + 7
+        x[hole] = 65535
+        write_tif(path, x, t, nodata=65535)
+    else:
+        write_tif(path, img, t)
+    grid = Grid(rasterio.crs.CRS.from_epsg(3857), t @ Affine.translation(-13, 9), 300, 260)
+    with rasterio.open(path) as R:
+        assert aligned_offset(R, grid) == (9, -13)
+        scale = scene_scale(R, [1, 2, 3])
+        for box in [(0, 0, 260, 300), (20, 30, 64, 96), (150, 200, 110, 100)]:
+            warp = read_ref(R, [3, 1, 2], scale, grid, box, ref_resampling(px, px))
+            fast = read_ref(R, [3, 1, 2], scale, grid, box, ref_resampling(px, px),
+                            aligned_offset(R, grid))
+            assert np.array_equal(np.isnan(warp), np.isnan(fast))
+            assert np.array_equal(np.nan_to_num(warp, nan=-1), np.nan_to_num(fast, nan=-1))
+        assert np.isnan(fast).any() and not np.isnan(fast).all()
+
+
+def test_aligned_offset_only_for_whole_pixel_shifts(tmp_path):
+    """Half a pixel off, another pixel size, another CRS or an alpha band: warped."""
+    from affine import Affine
+    from sharp.scene.grid import Grid
+    from sharp.scene.windows import aligned_offset
+    _, _, ref = triplet()
+    px = LR_PIXEL / 4
+    t = Affine(px, 0.0, ORIGIN[0], 0.0, -px, ORIGIN[1])
+    crs = rasterio.crs.CRS.from_epsg(3857)
+    hole = np.zeros(ref.shape[:2], bool)
+    hole[:10] = True
+    a = write_tif(tmp_path / "a.tif", ref, t)
+    b = masked_tif(tmp_path / "b.tif", ref, t, hole, "alpha")
+    with rasterio.open(a) as A, rasterio.open(b) as B:
+        assert aligned_offset(A, Grid(crs, t, 10, 10)) == (0, 0)
+        assert aligned_offset(A, Grid(crs, t @ Affine.translation(0.5, 0), 10, 10)) is None
+        assert aligned_offset(A, Grid(crs, t @ Affine.scale(0.5), 10, 10)) is None
+        assert aligned_offset(A, Grid(rasterio.crs.CRS.from_epsg(32650), t, 10, 10)) is None
+        assert aligned_offset(B, Grid(crs, t, 10, 10)) is None
