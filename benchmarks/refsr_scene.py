@@ -118,10 +118,6 @@ def _pss(pid: int) -> int:
     return _proc_fields(pid, "smaps_rollup", ["Pss"])["Pss"]
 
 
-def _rss(pid: int) -> int:
-    return _proc_fields(pid, "status", ["VmRSS"])["VmRSS"]
-
-
 # VmRSS split into private heap (RssAnon), mapped files (RssFile: libraries, GDAL) and shared
 # memory (RssShmem: Ray's object store), and the process's own peak RSS so far as the kernel
 # counts it (VmHWM: exact, where sampling every 0.2 s may miss a short peak); /proc/PID/status
@@ -129,8 +125,8 @@ KINDS = ("RssAnon", "RssFile", "RssShmem", "VmHWM")
 
 
 def _kinds(pid: int) -> dict[str, int]:
-    """The KINDS of one process, bytes."""
-    return _proc_fields(pid, "status", KINDS)
+    """The KINDS and VmRSS of one process, bytes (one read of /proc/PID/status)."""
+    return _proc_fields(pid, "status", KINDS + ("VmRSS",))
 
 
 def tiny_model():
@@ -157,12 +153,16 @@ def child_scene(args) -> dict:
     def sample():
         n = 0
         while not stop.is_set():
-            peak[0] = max(peak[0], sum(_rss(p) for p in pids))
-            for p in list(pids):
+            now = {p: _kinds(p) for p in list(pids)}
+            peak[0] = max(peak[0], sum(k["VmRSS"] for k in now.values()))
+            for p, ks in now.items():
                 k = kinds.setdefault(p, dict.fromkeys(KINDS, 0))
-                for key, v in _kinds(p).items():
-                    k[key] = max(k[key], v)
-            if n % 10 == 0:   # PSS walks the page tables: every 2 s, or it costs the driver CPU
+                for key in KINDS:
+                    k[key] = max(k[key], ks[key])
+            # PSS walks the workers' page tables (~0.7 CPU s per 100-tile run at 2 workers,
+            # taken from the cores being measured): every 2 s in memory runs (--tiny), else
+            # once at the end (progress)
+            if args.tiny and n % 10 == 0:
                 pss[0] = max(pss[0], sum(_pss(p) for p in pids))
             n += 1
             time.sleep(0.2)
@@ -173,6 +173,7 @@ def child_scene(args) -> dict:
     setup = {}
 
     def hook(pool):
+        setup["pool"] = pool
         if hasattr(pool, "pids"):
             pids.extend(pool.pids())          # waits for the workers to be up
         setup["s"] = time.perf_counter() - t0
@@ -187,6 +188,9 @@ def child_scene(args) -> dict:
     def progress(done, total, pixels, seconds):
         setup["cpu1"] = [_cpu_s(p) for p in pids]        # before the pool closes
         hwm.update((p, _kinds(p)["VmHWM"]) for p in pids)
+        if done == total and hasattr(setup.get("pool"), "actors"):
+            ray = setup["pool"].ray
+            setup["heap_trims"] = ray.get([a.heap_trims.remote() for a in setup["pool"].actors])
         if done % max(1, total // 20) == 0 or done == total:
             trace.append({"tiles_done": done, **{
                 ("driver" if i == 0 else f"worker{i}"):
@@ -208,7 +212,8 @@ def child_scene(args) -> dict:
             "driver_cpu_s_per_tile": cpu[0] / tiles_run,
             "worker_cpu_s_per_tile": sum(cpu[1:]) / tiles_run if len(cpu) > 1 else None,
             "load_before": setup["load0"], "load_after": os.getloadavg()[0],
-            "tiles": s["tiles"], "peak_rss_mib": max(peak[0], 0) / 2**20,
+            "tiles": s["tiles"], "worker_heap_trims": setup.get("heap_trims"),
+            "peak_rss_mib": max(peak[0], 0) / 2**20,
             "peak_pss_mib": pss[0] / 2**20,
             "sum_vmhwm_mib": sum(hwm.values()) / 2**20,
             "peak_kinds_mib": {("driver" if i == 0 else f"worker{i}"):
