@@ -9,9 +9,10 @@ A tile allocates and frees arrays of the same few sizes every time. Two policies
   WarmHeap         for a Ray worker, a process that does nothing but tiles: keep the heap a
                    tile needs, from brk only (glibc would mmap arrays over 32 MB afresh for
                    every tile), and trim only when the memory a tile leaves behind has grown
-                   by more than `slack` over what the first `settle` tiles of that shape left
-                   (the heap's layout settles over the first few): a long run's memory cannot
-                   creep, and a run that does not creep faults almost nothing after its first
+                   by more than `slack` (5 %) over what the first `settle` tiles of that shape
+                   left (the heap's layout settles over the first few): a long run's memory
+                   cannot creep by more (10 % let a worker's heap drift up by ~30 MiB over a
+                   16k^2 scene's 1369 tiles, a third of the memory goal's margin), and a run that does not creep faults almost nothing after its first
                    tiles (benchmarks/refsr_scene.py; docs/scene.md, "Performance").
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ def private_bytes() -> Optional[int]:
 class WarmHeap:
     """Keeps a worker's heap warm between tiles, bounded: call after_tile() after each."""
 
-    def __init__(self, slack: float = 0.10, settle: int = 3):
+    def __init__(self, slack: float = 0.05, settle: int = 3):
         self.slack, self.settle = slack, settle
         self.base: dict[tuple, list[int]] = {}   # tile shape -> [most private bytes, tiles seen]
         self.trims = 0
