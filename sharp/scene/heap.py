@@ -12,8 +12,9 @@ A tile allocates and frees arrays of the same few sizes every time. Two policies
                    by more than `slack` (5 %) over what the first `settle` tiles of that shape
                    left (the heap's layout settles over the first few): a long run's memory
                    cannot creep by more (10 % let a worker's heap drift up by ~30 MiB over a
-                   16k^2 scene's 1369 tiles, a third of the memory goal's margin), and a run that does not creep faults almost nothing after its first
-                   tiles (benchmarks/refsr_scene.py; docs/scene.md, "Performance").
+                   16k^2 scene's 1369 tiles, a third of the memory goal's margin), and a
+                   run that does not creep faults almost nothing after its first tiles
+                   (benchmarks/refsr_scene.py; docs/scene.md, "Performance").
 """
 from __future__ import annotations
 
