@@ -19,11 +19,17 @@ from .config import (FORMAT, FORMAT_VERSION, MAX_CONFIG_CHARS, SAMPLING_BOUNDS, 
 from .model import DSDiT
 
 
+def cpu_state(state_dict: dict, dtype: torch.dtype | None = None) -> dict:
+    """{name: tensor} detached, on the CPU, contiguous (and cast to dtype if given): what
+    safetensors can write, from any module's state_dict."""
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+
+
 def save_checkpoint(path: str | Path, model: DSDiT, extra: dict | None = None,
                     state_dict: dict | None = None) -> None:
     """Write model (or a given state_dict of it, e.g. EMA weights) + config to safetensors."""
     sd = state_dict if state_dict is not None else model.state_dict()
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+    tensors = cpu_state(sd, torch.float32)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
             "dsdit_config": model.cfg.to_json()}
     for key, value in (extra or {}).items():

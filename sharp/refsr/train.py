@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .calibrate import fit_ref_transfer, transfer_defaults
-from .checkpoint import save_checkpoint
+from .checkpoint import cpu_state, save_checkpoint
 from .config import PRESETS, DSDiTConfig
 from .data import RefSRDataset, TripletFolder, upsample
 from .distributed import DataParallel
@@ -94,8 +94,8 @@ def choose_sampling(model: DSDiT, items: list[dict], vae: Optional[LatentCodec] 
 
 
 def _save_state(out: Path, model, ema, opt, generator, info: dict) -> None:
-    tensors = {f"model.{k}": v.cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.cpu().contiguous() for k, v in ema.state_dict().items()})
+    tensors = {f"model.{k}": v for k, v in cpu_state(model.state_dict()).items()}
+    tensors.update({f"ema.{k}": v for k, v in cpu_state(ema.state_dict()).items()})
     osd = opt.state_dict()
     for idx, st in osd["state"].items():
         for key, val in st.items():

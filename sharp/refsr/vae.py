@@ -90,7 +90,9 @@ class DiffusersVAE:
         """This codec as plain data (AutoencoderKL config, safetensors bytes, normalisation),
         to rebuild it elsewhere with from_payload (e.g. in a Ray worker)."""
         from safetensors.torch import save
-        tensors = save({k: v.detach().to("cpu").contiguous() for k, v in self.vae.state_dict().items()})
+
+        from .checkpoint import cpu_state
+        tensors = save(cpu_state(self.vae.state_dict()))
         return {"config": dict(self.vae.config), "tensors": tensors, "scaling": self.scaling,
                 "shift": self.shift}
 

@@ -105,9 +105,10 @@ def model_payload(model, vae=None) -> dict:
     """The model as bytes for the workers: safetensors tensors + config JSON, and a latent
     checkpoint's VAE as DiffusersVAE.payload() (check_vae says which VAEs can go)."""
     from safetensors.torch import save
+
+    from sharp.refsr.checkpoint import cpu_state
     check_vae(model, vae, workers=1)
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    return {"tensors": save(sd), "config": model.cfg.to_json(),
+    return {"tensors": save(cpu_state(model.state_dict())), "config": model.cfg.to_json(),
             "vae": vae.payload() if vae is not None else None}
 
 

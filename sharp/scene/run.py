@@ -58,10 +58,11 @@ class Stopped(Exception):
 
 
 def _model_hash(model) -> str:
+    from sharp.refsr.checkpoint import cpu_state
     h = hashlib.sha256(model.cfg.to_json().encode())
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted(cpu_state(model.state_dict()).items()):
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        h.update(v.numpy().tobytes())
     return h.hexdigest()[:32]
 
 
