@@ -6,7 +6,8 @@ model once per worker from the checkpoint bytes put in the object store (so a cl
 shared file system; a latent-space checkpoint's VAE travels the same way: its diffusers
 AutoencoderKL config and weights), pins torch to `threads` per worker (a local Ray gets exactly workers x
 threads CPUs at normal priority, no task events, objects freed as soon as they are out of
-scope and an object store sized to the tiles in flight, `store_bytes`), and resubmits a tile
+scope and an object store sized to the tiles in flight, `store_bytes`), keeps each worker's
+heap warm between tiles (sharp.scene.heap.WarmHeap), and resubmits a tile
 whose worker died to a live worker (up to `retries` times), while Ray restarts the dead one,
 which gets tiles again once a probe call answers; a tile is never written twice because the
 blend ignores a second result for the same tile.
