@@ -166,14 +166,17 @@ def to_native(val: np.ndarray, dtype: str, nodata: Optional[float],
 
 
 def valid_mask(arr: np.ndarray, nodata: Optional[float],
-               mask: Optional[np.ndarray] = None) -> np.ndarray:
+               mask: Optional[np.ndarray] = None, every_band: bool = False) -> np.ndarray:
     """[C, h, w] native -> [h, w] bool: a pixel is valid iff no band is nodata (or NaN) and
-    GDAL's mask (mask: [h, w], 0 = invalid, from ds.read_masks; None: no mask) says valid."""
+    GDAL's mask (mask: [h, w], 0 = invalid, from ds.read_masks; None: no mask) says valid.
+    every_band: nodata only where every band holds the nodata value (GDAL's warper rule,
+    UNIFIED_SRC_NODATA=PARTIAL; NaN in any band still invalid)."""
     bad = np.zeros(arr.shape[1:], bool) if mask is None else mask == 0
     if arr.dtype.kind == "f":
         bad |= np.isnan(arr).any(0)
     if nodata is not None:
-        bad |= (np.isnan(arr) if np.isnan(nodata) else arr == nodata).any(0)
+        hit = np.isnan(arr) if np.isnan(nodata) else arr == nodata
+        bad |= hit.all(0) if every_band else hit.any(0)
     return ~bad
 
 

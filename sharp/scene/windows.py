@@ -71,13 +71,9 @@ def _read_aligned(ds, uniq: list[int], box: tuple[int, int, int, int],
     if ya < yb and xa < xb:
         win = (ya, xa, yb - ya, xb - xa)
         raw = read_window(ds, uniq, win)
-        mask = read_mask(ds, uniq[0], window=_window(win))
-        bad = np.zeros(raw.shape[1:], bool) if mask is None else mask == 0
-        if ds.nodata is not None and not np.isnan(ds.nodata):
-            # as GDAL's warper (UNIFIED_SRC_NODATA=PARTIAL): nodata where every band has it;
-            # NaN values stay NaN, as the warp leaves them
-            bad |= (raw == ds.nodata).all(0)
-        dst[:, ya - y0:yb - y0, xa - x0:xb - x0] = np.where(bad, np.nan, raw.astype(np.float32))
+        ok = valid_mask(raw, ds.nodata, read_mask(ds, uniq[0], window=_window(win)),
+                        every_band=True)                 # as GDAL's warper decides
+        dst[:, ya - y0:yb - y0, xa - x0:xb - x0] = np.where(ok, raw.astype(np.float32), np.nan)
     return dst
 
 
