@@ -60,21 +60,27 @@ def aligned_offset(ds, grid: Grid, tol: float = 1e-6) -> Optional[tuple[int, int
     return round(rows), round(cols)
 
 
-def _read_aligned(ds, uniq: list[int], box: tuple[int, int, int, int],
-                  offset: tuple[int, int]) -> np.ndarray:
-    """float32 [C, rows, cols] of the Ref under an output window, NaN where it has no data."""
+def _read_aligned(ds, uniq: list[int], box: tuple[int, int, int, int], offset: tuple[int, int]
+                  ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(native values [C, rows, cols] of the Ref under an output window, valid [rows, cols] bool
+    or None where every pixel is valid); outside the Ref is invalid."""
     r0, c0, h, w = box
     y0, x0 = r0 + offset[0], c0 + offset[1]                  # the window in Ref pixels
     ya, yb = max(y0, 0), min(y0 + h, ds.height)
     xa, xb = max(x0, 0), min(x0 + w, ds.width)
-    dst = np.full((len(uniq), h, w), np.nan, np.float32)
-    if ya < yb and xa < xb:
-        win = (ya, xa, yb - ya, xb - xa)
-        raw = read_window(ds, uniq, win)
-        ok = valid_mask(raw, ds.nodata, read_mask(ds, uniq[0], window=_window(win)),
-                        every_band=True)                 # as GDAL's warper decides
-        dst[:, ya - y0:yb - y0, xa - x0:xb - x0] = np.where(ok, raw.astype(np.float32), np.nan)
-    return dst
+    if ya >= yb or xa >= xb:
+        return np.zeros((len(uniq), h, w), ds.dtypes[uniq[0] - 1]), np.zeros((h, w), bool)
+    win = (ya, xa, yb - ya, xb - xa)
+    raw = read_window(ds, uniq, win)
+    ok = valid_mask(raw, ds.nodata, read_mask(ds, uniq[0], window=_window(win)),
+                    every_band=True)                     # as GDAL's warper decides
+    if (yb - ya, xb - xa) == (h, w):
+        return raw, None if ok.all() else ok
+    native = np.zeros((len(uniq), h, w), raw.dtype)
+    valid = np.zeros((h, w), bool)
+    native[:, ya - y0:yb - y0, xa - x0:xb - x0] = raw
+    valid[ya - y0:yb - y0, xa - x0:xb - x0] = ok
+    return native, valid
 
 
 def read_ref(ds, bands: Sequence[int], scale: BandScale, grid: Grid,
@@ -88,18 +94,20 @@ def read_ref(ds, bands: Sequence[int], scale: BandScale, grid: Grid,
     r0, c0, h, w = box
     uniq = sorted(set(bands))
     if offset is not None:
-        dst = _read_aligned(ds, uniq, box, offset)
+        native, valid = _read_aligned(ds, uniq, box, offset)
     else:
-        dst = np.full((len(uniq), h, w), np.nan, np.float32)
+        native = np.full((len(uniq), h, w), np.nan, np.float32)
         # GDAL's warper honours a per-dataset mask by itself, an alpha band only when named
-        reproject(source=rasterio.band(ds, uniq), destination=dst, src_transform=ds.transform,
+        reproject(source=rasterio.band(ds, uniq), destination=native, src_transform=ds.transform,
                   src_crs=ds.crs, src_nodata=ds.nodata, src_alpha=alpha_band(ds) or 0,
                   dst_transform=grid.window_transform(r0, c0), dst_crs=grid.crs,
                   dst_nodata=np.nan, resampling=resampling)
-    dst = dst[[uniq.index(b) for b in bands]]
-    bad = np.isnan(dst).any(0)
-    out = scale.to_unit(np.nan_to_num(dst))
-    out[:, bad] = np.nan
+        valid = ~np.isnan(native).any(0)
+    if list(bands) != uniq:
+        native = native[[uniq.index(b) for b in bands]]
+    out = scale.to_unit(native)
+    if valid is not None and not valid.all():
+        out[:, ~valid] = np.nan
     return out
 
 

@@ -312,6 +312,15 @@ def test_percentile_rule_and_write_back():
     s = BandScale((10.0,), (20.0,), "uint16", nodata=15)
     assert s.from_unit(u).tolist() == [[[10, 16, 20, 13]]]   # 15 = nodata -> 16
     assert to_native(np.array([[[70000.0, -3.0]]]), "uint16", None).tolist() == [[[65535, 0]]]
+    # the conversions work in place on their own copies: inputs are left as they were
+    u = np.array([[[0.0, 0.5, 1.0, 0.25]]])
+    v = np.array([[[70000.0, -3.0, 14.6]]])
+    s.from_unit(u), to_native(v, "uint16", 15)
+    assert u.tolist() == [[[0.0, 0.5, 1.0, 0.25]]] and v.tolist() == [[[70000.0, -3.0, 14.6]]]
+    nat = np.array([[[5.0, 12.5, 25.0, np.nan, np.inf, -np.inf]]], np.float32)
+    assert np.array_equal(s.to_unit(nat), np.array([[[0, 0.25, 1, np.nan, 1, 0]]], np.float32),
+                          equal_nan=True)               # clipped to [0, 1]; NaN stays NaN
+    assert np.isnan(nat[0, 0, 3]) and nat[0, 0, 0] == 5.0
 
 
 def test_reprojected_ref(tmp_path, model, crop):
