@@ -19,7 +19,8 @@ in one run (with --repeat, in-memory and scene runs interleaved):
   * throughput: output Mpx per second of the tile loop (Ray start and worker start-up are
     reported separately as setup seconds), and of super_resolve for the in-memory run.
 Every run uses one torch thread per worker (and the driver one), and records the CPU seconds
-per tile of the driver and of the workers during the tile loop and the load average (the
+per tile of the driver, of the workers and of the rest of the machine (Ray's daemons, the
+kernel; and the hypervisor's steal) during the tile loop and the load average (the
 machine may be shared: --repeat interleaves 1- and 2-worker runs so both see the same load).
 A child also writes its figures so far to OUT.progress.json after every tile, so a run cut
 short still reports memory and speed. The model is the shipped small checkpoint (--tiny: a
@@ -95,6 +96,15 @@ def _cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def _machine_cpu_s() -> dict[str, float]:
+    """The whole machine's CPU seconds so far (all cores, /proc/stat): busy (user, nice, system,
+    irq, softirq) and steal (time the hypervisor gave this VM's cores to someone else)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (v[0] + v[1] + v[2] + v[5] + v[6]) / tick, "steal": v[7] / tick}
 
 
 def _proc_fields(pid: int, file: str, fields) -> dict[str, int]:
@@ -178,6 +188,7 @@ def child_scene(args) -> dict:
             pids.extend(pool.pids())          # waits for the workers to be up
         setup["s"] = time.perf_counter() - t0
         setup["cpu0"] = [_cpu_s(p) for p in pids]
+        setup["machine0"] = _machine_cpu_s()
         setup["load0"] = os.getloadavg()[0]
 
     side = Path(str(args.out) + ".progress.json")     # figures so far, for runs cut short
@@ -187,6 +198,7 @@ def child_scene(args) -> dict:
 
     def progress(done, total, pixels, seconds):
         setup["cpu1"] = [_cpu_s(p) for p in pids]        # before the pool closes
+        setup["machine1"] = _machine_cpu_s()
         hwm.update((p, _kinds(p)["VmHWM"]) for p in pids)
         if done == total and hasattr(setup.get("pool"), "actors"):
             ray = setup["pool"].ray
@@ -208,9 +220,13 @@ def child_scene(args) -> dict:
     stop.set()
     th.join()
     tiles_run = max(1, s["tiles_run"])
+    machine = {k: setup["machine1"][k] - setup["machine0"][k] for k in setup["machine0"]}
     return {"mpx_per_s": s["mpx_per_s"], "seconds": s["seconds"], "setup_s": setup.get("s"),
             "driver_cpu_s_per_tile": cpu[0] / tiles_run,
             "worker_cpu_s_per_tile": sum(cpu[1:]) / tiles_run if len(cpu) > 1 else None,
+            # the rest of the machine: Ray's daemons, the kernel, anything else running
+            "other_cpu_s_per_tile": (machine["busy"] - sum(cpu)) / tiles_run,
+            "steal_cpu_s_per_tile": machine["steal"] / tiles_run,
             "load_before": setup["load0"], "load_after": os.getloadavg()[0],
             "tiles": s["tiles"], "worker_heap_trims": setup.get("heap_trims"),
             "peak_rss_mib": max(peak[0], 0) / 2**20,
@@ -316,7 +332,9 @@ def main() -> None:
                       f"peak RSS driver+workers {r['peak_rss_mib']:.0f} MiB (PSS "
                       f"{r['peak_pss_mib']:.0f}); CPU s per tile: "
                       f"driver {r['driver_cpu_s_per_tile']:.3f}, workers "
-                      f"{r['worker_cpu_s_per_tile'] or 0:.3f}; load {r['load_before']:.1f} -> "
+                      f"{r['worker_cpu_s_per_tile'] or 0:.3f}, rest of the machine "
+                      f"{r['other_cpu_s_per_tile']:.3f} (+ steal {r['steal_cpu_s_per_tile']:.3f}); "
+                      f"load {r['load_before']:.1f} -> "
                       f"{r['load_after']:.1f}", flush=True)
                 print(f"  sum of per-process peaks (VmHWM) {r['sum_vmhwm_mib']:.0f} MiB; "
                       "peak MiB " + "; ".join(
