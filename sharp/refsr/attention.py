@@ -64,18 +64,14 @@ class NeighbourhoodAttention(nn.Module):
         valid = neighbourhood_valid(h, w, r, x.device)                           # [H,W,K]
         valid = torch.cat([valid, valid], dim=-1)[:, :, None]                    # [H,W,1,2K]
         rows = strip_rows(b, w, d, x.element_size())
-        # Inference reuses one strip-sized product buffer and writes into the output (the same
-        # operations in the same order as the autograd path, so the same bits).
-        reuse = not torch.is_grad_enabled()
+        # Inference reuses one strip-sized product buffer (the same operations in the same
+        # order as the autograd path, so the same bits); autograd takes no out= buffers.
+        buf = x.new_empty(b, min(rows, h), w, nh, dh) if not torch.is_grad_enabled() else None
         out = x.new_empty(b, h, w, nh, dh)
-        buf = x.new_empty(b, min(rows, h), w, nh, dh) if reuse else None
         for y0 in range(0, h, rows):
             y1 = min(y0 + rows, h)
-            strip = attend_strip(q[:, y0:y1], keys, vals, bias, valid[y0:y1], y0, r,
-                                 buf[:, :y1 - y0] if reuse else None,
-                                 out[:, y0:y1] if reuse else None)
-            if not reuse:
-                out[:, y0:y1] = strip
+            attend_strip(q[:, y0:y1], keys, vals, bias, valid[y0:y1], y0, r, out[:, y0:y1],
+                         None if buf is None else buf[:, :y1 - y0])
         return self.out(out.flatten(-2))                                         # [B,H,W,D]
 
 
@@ -90,13 +86,13 @@ def strip_rows(b: int, w: int, d: int, itemsize: int) -> int:
     return max(1, STRIP_BYTES // (b * w * d * itemsize))
 
 
-def attend_strip(q, keys, vals, bias, valid, y0: int, r: int, buf=None, out=None):
+def attend_strip(q, keys, vals, bias, valid, y0: int, r: int, out, buf=None) -> None:
     """Neighbourhood attention of the query rows y0 .. y0 + S of the grid.
 
     q: [B, S, W, nh, dh] (scaled); keys / vals: per source (noisy, condition) the zero-padded
     [B, H+2r, W+2r, nh, dh]; bias [nh, 2K]; valid [S, W, 1, 2K]. One logit per (source, offset),
-    without materialising the neighbourhoods. buf ([B, S, W, nh, dh] scratch) and out (where the
-    result goes) are for inference only (no autograd through out= ops). Returns [B, S, W, nh, dh]."""
+    without materialising the neighbourhoods. The result goes into out [B, S, W, nh, dh]; buf
+    (the same shape) is scratch for inference only (no autograd through out= ops)."""
     b, s, w = q.shape[:3]
     k = 2 * r + 1
     shifted = [(src, dy, dx) for src in range(len(keys)) for dy in range(k) for dx in range(k)]
@@ -113,11 +109,13 @@ def attend_strip(q, keys, vals, bias, valid, y0: int, r: int, buf=None, out=None
     for j, (src, dy, dx) in enumerate(shifted):
         logits[..., j] = product(q, window(keys[src], dy, dx)).sum(-1)
     attn = (logits + bias).masked_fill(~valid, float("-inf")).softmax(dim=-1)
-    acc = product(attn[..., :1], window(vals[0], 0, 0), into=out)               # sum_j attn_j v_j
+    src, dy, dx = shifted[0]
+    acc = product(attn[..., :1], window(vals[src], dy, dx), into=out)           # sum_j attn_j v_j
     for j, (src, dy, dx) in enumerate(shifted[1:], start=1):
         term = product(attn[..., j:j + 1], window(vals[src], dy, dx))
         acc = acc + term if buf is None else acc.add_(term)
-    return acc
+    if buf is None:
+        out.copy_(acc)                           # autograd: copied into the output's rows
 
 
 class DecoupledAttention(nn.Module):
